@@ -1,0 +1,197 @@
+"""Scaled dot-product attention and multi-head attention, from scratch.
+
+    scores  = q @ k^T / sqrt(d)          (..., T_q, T_k)
+    weights = softmax(scores + mask)     each row sums to 1
+    output  = weights @ v                (..., T_q, d_v)
+
+`scaled_dot_product_attention` gives the same numbers as
+`torch.nn.functional.scaled_dot_product_attention` for the same arguments (the
+tests check it), and can also return the attention weights, which torch's cannot.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _check_qkv(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have shape (..., T, d) with at least 2 dims, got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating tensor, got {t.dtype}; convert with .float()")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}; convert them with .to(q.dtype)")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}; move them with .to(q.device)")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"q and k must have the same last dimension (d), got q {tuple(q.shape)} and k {tuple(k.shape)}"
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"k and v must have the same number of positions T_k (dim -2), got k {tuple(k.shape)} and v {tuple(v.shape)}"
+        )
+    try:
+        return torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"the batch dimensions of q {tuple(q.shape[:-2])}, k {tuple(k.shape[:-2])} and v {tuple(v.shape[:-2])} "
+            "do not broadcast; give them the same leading (batch, head) dimensions"
+        ) from None
+
+
+def _mask_to_additive(attn_mask, q, batch, T_q, T_k):
+    """A boolean (True = may attend) or additive float mask as an additive float mask."""
+    if not isinstance(attn_mask, torch.Tensor):
+        raise ValueError(f"attn_mask must be a torch.Tensor, got {type(attn_mask).__name__}")
+    if attn_mask.device != q.device:
+        raise ValueError(f"attn_mask is on {attn_mask.device} but q is on {q.device}; move it with .to(q.device)")
+    try:
+        torch.broadcast_shapes(attn_mask.shape, (*batch, T_q, T_k))
+    except RuntimeError:
+        raise ValueError(
+            f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to the scores' shape "
+            f"{(*batch, T_q, T_k)} (..., T_q, T_k)"
+        ) from None
+    if attn_mask.dtype == torch.bool:
+        return torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, float("-inf"))
+    if attn_mask.dtype != q.dtype:
+        raise ValueError(
+            f"a float attn_mask must have q's dtype {q.dtype}, got {attn_mask.dtype}; "
+            "use a boolean mask (True = may attend) or convert it with .to(q.dtype)"
+        )
+    return attn_mask
+
+
+def causal_mask(T_q, T_k=None, device=None, offset=0):
+    """Boolean (T_q, T_k) mask, True where query i may attend to key j (j <= i + offset).
+
+    offset=0 aligns it top-left like torch's ``is_causal=True``; when T_q new queries
+    follow T_k - T_q cached keys (decoding with a KV cache) use offset = T_k - T_q."""
+    T_k = T_q if T_k is None else T_k
+    return torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril(diagonal=offset)
+
+
+def padding_mask(lengths, T):
+    """Boolean (B, 1, 1, T) mask, True for the first ``lengths[b]`` (real) key positions."""
+    lengths = torch.as_tensor(lengths)
+    return (torch.arange(T, device=lengths.device)[None, :] < lengths[:, None])[:, None, None, :]
+
+
+def scaled_dot_product_attention(
+    q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, return_weights=False, scale=None
+):
+    """Attention: softmax(q k^T * scale + mask) v, with scale = 1/sqrt(d) by default.
+
+    q (..., T_q, d), k (..., T_k, d), v (..., T_k, d_v); batch dimensions broadcast.
+    attn_mask: boolean (True = may attend) or additive float, broadcastable to (..., T_q, T_k).
+    A query row with no key it may attend to gets zero weights (and zero output), as in torch.
+    Returns the output (..., T_q, d_v), or (output, weights) if return_weights.
+    """
+    batch = _check_qkv(q, k, v)
+    T_q, T_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    if is_causal and attn_mask is not None:
+        raise ValueError("pass either attn_mask or is_causal=True, not both (fold the causal mask into attn_mask)")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+
+    scores = (q @ k.transpose(-2, -1)) * scale  # (..., T_q, T_k)
+    if is_causal:
+        attn_mask = causal_mask(T_q, T_k, device=q.device)
+    if attn_mask is not None:
+        scores = scores + _mask_to_additive(attn_mask, q, batch, T_q, T_k)
+    weights = torch.softmax(scores, dim=-1)
+    blocked = torch.isneginf(scores).all(dim=-1, keepdim=True)  # rows with nothing to attend to
+    if blocked.any():
+        weights = weights.masked_fill(blocked, 0.0)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    out = weights @ v  # (..., T_q, d_v)
+    return (out, weights) if return_weights else out
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection, and grouped K/V heads.
+
+    n_heads query heads of size d_head = d_model // n_heads run in parallel; their
+    outputs are concatenated and mixed by an output projection. n_kv_heads key/value
+    heads are shared by groups of n_heads // n_kv_heads query heads:
+    n_kv_heads == n_heads is MHA, 1 is MQA, anything in between that divides n_heads is GQA.
+    """
+
+    def __init__(self, d_model, n_heads, n_kv_heads=None, dropout=0.0, bias=False):
+        super().__init__()
+        if not (isinstance(n_heads, int) and n_heads >= 1):
+            raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
+        if d_model % n_heads != 0:
+            divisors = [h for h in range(1, d_model + 1) if d_model % h == 0]
+            raise ValueError(
+                f"d_model={d_model} is not divisible by n_heads={n_heads}; "
+                f"choose n_heads among the divisors of d_model: {divisors}"
+            )
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if not (isinstance(n_kv_heads, int) and 1 <= n_kv_heads <= n_heads) or n_heads % n_kv_heads:
+            raise ValueError(
+                f"n_kv_heads={n_kv_heads!r} must divide n_heads={n_heads} (1 = MQA, n_heads = MHA); "
+                f"choose one of {[h for h in range(1, n_heads + 1) if n_heads % h == 0]}"
+            )
+        self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
+        self.d_head = d_model // n_heads
+        self.group = n_heads // n_kv_heads  # query heads per K/V head
+        self.dropout = dropout
+        # fused W_q, W_k, W_v: n_heads query heads, n_kv_heads key and value heads
+        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.d_head, bias=bias)
+        self.out = nn.Linear(d_model, d_model, bias=bias)  # W_o
+
+    def forward(self, x, attn_mask=None, is_causal=False, return_weights=False, cache=None, layer=0):
+        """x (B, T, d_model) -> (B, T, d_model) [, weights (B, n_heads, T, T_k)].
+
+        attn_mask broadcasts to (B, n_heads, T, T_k). With a `course_lib.kv_cache.KVCache`,
+        the new keys/values are appended to `cache` at index `layer` and the queries
+        attend to every cached position (T_k = past + T)."""
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (batch, T, d_model={self.d_model}), got {tuple(x.shape)}")
+        B, T, _ = x.shape
+        H, Hkv, G, dh = self.n_heads, self.n_kv_heads, self.group, self.d_head
+        q, k, v = self.qkv(x).split([H * dh, Hkv * dh, Hkv * dh], dim=-1)
+        q = q.view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dh)
+        k = k.view(B, T, Hkv, dh).transpose(1, 2)  # (B, Hkv, T, dh)
+        v = v.view(B, T, Hkv, dh).transpose(1, 2)  # (B, Hkv, T, dh)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, Hkv, T_k, dh), T_k = past + T
+        T_k = k.shape[-2]
+        if is_causal:
+            if attn_mask is not None:
+                raise ValueError("pass either attn_mask or is_causal=True, not both")
+            attn_mask = causal_mask(T, T_k, device=x.device, offset=T_k - T)
+        # group the query heads: (B, Hkv, G, T, dh); K/V (B, Hkv, 1, T_k, dh) broadcast over
+        # the G query heads of their group, so nothing is copied.
+        q = q.view(B, Hkv, G, T, dh)
+        k, v = k.unsqueeze(2), v.unsqueeze(2)
+        if attn_mask is not None:
+            attn_mask = self._group_mask(attn_mask)
+        y, w = scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0, return_weights=True,
+        )  # y (B, Hkv, G, T, dh)
+        y = y.reshape(B, H, T, dh).transpose(1, 2).reshape(B, T, self.d_model)  # concatenate heads
+        y = self.out(y)
+        return (y, w.reshape(B, H, T, T_k)) if return_weights else y
+
+    def _group_mask(self, mask):
+        """A mask broadcastable to (B, H, T, T_k) -> broadcastable to (B, Hkv, G, T, T_k)."""
+        if not isinstance(mask, torch.Tensor) or mask.dim() > 4:
+            raise ValueError("attn_mask must be a tensor broadcastable to (batch, n_heads, T, T_k)")
+        mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+        if mask.shape[1] == 1:
+            return mask.unsqueeze(2)
+        if mask.shape[1] != self.n_heads:
+            raise ValueError(
+                f"attn_mask's head dimension is {mask.shape[1]}; it must be 1 or n_heads={self.n_heads}"
+            )
+        return mask.unflatten(1, (self.n_kv_heads, self.group))

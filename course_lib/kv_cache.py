@@ -1,0 +1,65 @@
+"""The KV cache: keep each layer's keys and values so decoding computes only the new token.
+
+Without it, generating token t re-projects all t previous tokens in every layer; with
+it, each step projects one token and attends to the stored keys and values.
+The memory it costs is exactly ``kv_cache_bytes``.
+"""
+import torch
+
+_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "fp8": 1, "int4": 0.5}
+
+
+def bytes_per_element(dtype):
+    """Bytes per element for a torch dtype or a name such as 'float16', 'bfloat16', 'int8'."""
+    if isinstance(dtype, torch.dtype):
+        return torch.empty((), dtype=dtype).element_size()
+    name = str(dtype).replace("torch.", "")
+    if name not in _BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}; use a torch dtype or one of {sorted(_BYTES)}")
+    return _BYTES[name]
+
+
+def kv_cache_bytes(n_layers, n_kv_heads, d_head, seq_len, batch=1, dtype=torch.float16):
+    """Bytes of a KV cache: 2 (K and V) * layers * KV heads * head dim * tokens * batch * bytes/element."""
+    for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("d_head", d_head),
+                        ("seq_len", seq_len), ("batch", batch)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    b = 2 * n_layers * n_kv_heads * d_head * seq_len * batch * bytes_per_element(dtype)
+    return int(b)
+
+
+class KVCache:
+    """Per-layer keys and values, each (B, n_kv_heads, T_so_far, d_head), grown as tokens arrive."""
+
+    def __init__(self, n_layers):
+        if not isinstance(n_layers, int) or n_layers < 1:
+            raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
+        self.keys = [None] * n_layers
+        self.values = [None] * n_layers
+
+    def update(self, layer, k, v):
+        """Append new k, v (B, Hkv, T_new, d_head) at `layer`; return all of that layer's k, v."""
+        if not 0 <= layer < len(self.keys):
+            raise ValueError(f"layer {layer} is out of range for a cache of {len(self.keys)} layers")
+        if k.shape != v.shape or k.dim() != 4:
+            raise ValueError(f"k and v must both be (B, n_kv_heads, T, d_head), got {tuple(k.shape)} and {tuple(v.shape)}")
+        old_k = self.keys[layer]
+        if old_k is not None:
+            if old_k.shape[:2] != k.shape[:2] or old_k.shape[3] != k.shape[3]:
+                raise ValueError(
+                    f"new keys {tuple(k.shape)} do not fit the cached {tuple(old_k.shape)} at layer {layer}; "
+                    "use a fresh KVCache for a new batch"
+                )
+            k = torch.cat([old_k, k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def __len__(self):
+        """Number of cached positions (tokens) so far."""
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def nbytes(self):
+        """Bytes actually held by the cached key and value tensors."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)

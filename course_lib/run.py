@@ -1,0 +1,172 @@
+"""python -m course_lib.run [NOTEBOOK ...] [-p NAME VALUE ...]: build the course headless.
+
+Executes the notebooks (default: all of notebooks/, in order) with papermill, writes the
+executed copy and an HTML rendering of each into build/, and prints a table of notebook,
+seconds, status and the metrics it recorded. Exits non-zero if any notebook fails,
+showing the failing cell's error.
+
+    python -m course_lib.run                      # the whole course
+    python -m course_lib.run 01 -p seed 1         # notebook 01 with another seed
+    python -m course_lib.run --update             # refresh the committed outputs in notebooks/
+"""
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import report
+from .paths import BUILD_DIR, NOTEBOOKS_DIR, metrics_dir
+
+
+def find_notebooks(names, folder=NOTEBOOKS_DIR):
+    """Notebook paths for names given as paths, file names, stems or number prefixes ('01')."""
+    every = sorted(p for p in Path(folder).glob("*.ipynb"))
+    if not names:
+        return every
+    found = []
+    for name in names:
+        p = Path(name)
+        if p.suffix == ".ipynb" and p.exists():
+            found.append(p.resolve())
+            continue
+        matches = [q for q in every if q.stem == p.stem or q.stem.startswith(name)]
+        if len(matches) != 1:
+            choices = ", ".join(q.stem for q in every) or "(none)"
+            what = "matches no notebook" if not matches else f"matches {len(matches)} notebooks"
+            raise SystemExit(f"course_lib.run: {name!r} {what}; choose from: {choices}")
+        found.append(matches[0])
+    return found
+
+
+def parse_value(text):
+    """'3' -> 3, '0.1' -> 0.1, 'True' -> True, '[1, 2]' -> [1, 2], anything else stays a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _error_summary(exc):
+    """The failing cell's error, from a papermill execution error."""
+    parts = [f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', exc)}"]
+    if getattr(exc, "exec_count", None) is not None:
+        parts.insert(0, f"in cell [{exc.exec_count}]")
+    tb = getattr(exc, "traceback", None)
+    if tb:
+        import re
+
+        clean = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(tb))
+        parts.append("\n".join(clean.splitlines()[-15:]))
+    return "\n".join(parts)
+
+
+def _strip_run_metadata(nb):
+    """Drop papermill's per-run bookkeeping so committed notebooks change only with their content."""
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    return nb
+
+
+def write_html(ipynb_path, html_path):
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(ipynb_path), as_version=4))
+    Path(html_path).write_text(body, encoding="utf-8")
+
+
+def run_notebook(path, parameters, out_dir, timeout=None):
+    """Execute one notebook; return (seconds, status, error text or None)."""
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / path.name
+    t0 = time.perf_counter()
+    error = None
+    try:
+        pm.execute_notebook(
+            str(path), str(out), parameters=parameters, kernel_name="python3", cwd=str(path.parent),
+            progress_bar=False, log_output=False, execution_timeout=timeout,
+        )
+        status = "ok"
+    except Exception as exc:  # noqa: BLE001 - every failure is reported in the table
+        status, error = "FAILED", _error_summary(exc)
+    seconds = time.perf_counter() - t0
+    if out.exists():
+        try:
+            write_html(out, out.with_suffix(".html"))
+        except Exception as exc:  # noqa: BLE001
+            print(f"course_lib.run: could not render {out.name} to HTML: {exc}", file=sys.stderr)
+    return seconds, status, error
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    return str(value)
+
+
+def format_table(rows):
+    header = ("notebook", "seconds", "status", "metrics")
+    lines = [(r["notebook"], f"{r['seconds']:.1f}", r["status"],
+              ", ".join(f"{k}={_fmt(v)}" for k, v in r["metrics"].items())) for r in rows]
+    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(3)]
+    out = []
+    for row in [header, *lines]:
+        out.append("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+    return "\n".join(out)
+
+
+def _update_summary(rows):
+    path = metrics_dir() / "run_summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    for r in rows:
+        summary[r["notebook"]] = {"seconds": round(r["seconds"], 2), "status": r["status"]}
+    report._write_atomic(path, summary)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m course_lib.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("notebooks", nargs="*", help="notebooks to run (path, stem or number prefix); default: all")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="set a notebook parameter (repeatable); VALUE is read as a Python literal if it is one")
+    ap.add_argument("--out", type=Path, default=BUILD_DIR, help="where executed notebooks and HTML go (default build/)")
+    ap.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell (default: none)")
+    ap.add_argument("--update", action="store_true",
+                    help="also write each successfully executed notebook back to notebooks/ (refresh committed outputs)")
+    args = ap.parse_args(argv)
+    if args.update and args.parameter:
+        ap.error("--update commits outputs made with the default parameters; drop -p")
+
+    paths = find_notebooks(args.notebooks)
+    parameters = {name: parse_value(value) for name, value in args.parameter}
+    os.environ.setdefault("COURSE_METRICS_DIR", str(metrics_dir()))
+    rows = []
+    for path in paths:
+        print(f"running {path.name} ...", flush=True)
+        seconds, status, error = run_notebook(path, parameters, args.out, args.timeout)
+        if error:
+            print(f"\n{path.name} FAILED {error}\n", file=sys.stderr, flush=True)
+        elif args.update:
+            import nbformat
+
+            nb = _strip_run_metadata(nbformat.read(str(args.out / path.name), as_version=4))
+            nbformat.write(nb, str(path))
+        rows.append({"notebook": path.stem, "seconds": seconds, "status": status, "metrics": report.load(path.stem)})
+    _update_summary(rows)
+    print()
+    print(format_table(rows))
+    failed = [r["notebook"] for r in rows if r["status"] != "ok"]
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} notebooks ran; outputs in {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Small plotting helpers shared by the notebooks (matplotlib only)."""
+import matplotlib.pyplot as plt
+
+
+def attention_heatmap(ax, weights, query_labels=None, key_labels=None, title=None, cmap="viridis"):
+    """Draw one (T_q, T_k) attention matrix: rows are queries, columns the keys they attend to."""
+    w = weights.detach().cpu().numpy() if hasattr(weights, "detach") else weights
+    im = ax.imshow(w, cmap=cmap, vmin=0.0, vmax=max(float(w.max()), 1e-9), aspect="auto")
+    if query_labels is not None:
+        ax.set_yticks(range(len(query_labels)), query_labels, fontsize=7)
+    if key_labels is not None:
+        ax.set_xticks(range(len(key_labels)), key_labels, fontsize=7, rotation=90)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return im
+

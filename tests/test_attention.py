@@ -1,0 +1,169 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
+
+SHAPES = [  # (batch dims, T_q, T_k, d, d_v)
+    ((), 5, 5, 8, 8),
+    ((3,), 4, 7, 16, 5),
+    ((2, 3), 9, 6, 4, 12),
+    ((2, 4), 1, 11, 32, 32),
+]
+
+
+@pytest.mark.parametrize("batch,T_q,T_k,d,d_v", SHAPES)
+def test_matches_torch_sdpa_plain(batch, T_q, T_k, d, d_v):
+    g = torch.Generator().manual_seed(T_q * 100 + T_k)
+    q = torch.randn(*batch, T_q, d, generator=g)
+    k = torch.randn(*batch, T_k, d, generator=g)
+    v = torch.randn(*batch, T_k, d_v, generator=g)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, scale=0.3),
+                               F.scaled_dot_product_attention(q, k, v, scale=0.3))
+
+
+@pytest.mark.parametrize("batch,T_q,T_k,d,d_v", SHAPES)
+def test_matches_torch_sdpa_masks(batch, T_q, T_k, d, d_v):
+    g = torch.Generator().manual_seed(7 + T_q)
+    q = torch.randn(*batch, T_q, d, generator=g, dtype=torch.float64)
+    k = torch.randn(*batch, T_k, d, generator=g, dtype=torch.float64)
+    v = torch.randn(*batch, T_k, d_v, generator=g, dtype=torch.float64)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, is_causal=True), ref)
+    bool_mask = torch.rand(T_q, T_k, generator=g) > 0.3
+    bool_mask[:, 0] = True  # every query may attend somewhere
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, attn_mask=bool_mask),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=bool_mask))
+    add_mask = torch.randn(*batch, T_q, T_k, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, attn_mask=add_mask),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=add_mask))
+
+
+def test_fully_masked_row_gives_zero_like_torch():
+    q, k, v = torch.randn(1, 3, 4), torch.randn(1, 5, 4), torch.randn(1, 5, 4)
+    m = torch.ones(3, 5, dtype=torch.bool)
+    m[1] = False
+    out, w = scaled_dot_product_attention(q, k, v, attn_mask=m, return_weights=True)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=m))
+    assert torch.all(w[0, 1] == 0) and not torch.isnan(out).any()
+
+
+def test_weights_are_rows_of_probabilities_and_causal_zero_above_diagonal():
+    q, k, v = torch.randn(2, 6, 8), torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+    out, w = scaled_dot_product_attention(q, k, v, is_causal=True, return_weights=True)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 6))
+    assert torch.all(w.triu(1) == 0)
+    torch.testing.assert_close(out, w @ v)
+
+
+def test_padding_mask_ignores_padded_keys():
+    B, T, d = 2, 5, 4
+    q, k, v = torch.randn(B, 1, T, d), torch.randn(B, 1, T, d), torch.randn(B, 1, T, d)
+    mask = padding_mask([3, 5], T)
+    assert mask.shape == (2, 1, 1, 5)
+    out = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    # changing the padded keys/values of sequence 0 must not change its output
+    k2, v2 = k.clone(), v.clone()
+    k2[0, :, 3:] = 100.0
+    v2[0, :, 3:] = -100.0
+    torch.testing.assert_close(scaled_dot_product_attention(q, k2, v2, attn_mask=mask), out)
+
+
+def test_causal_mask_offset_for_cached_decoding():
+    assert torch.equal(causal_mask(2, 4, offset=2), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool))
+
+
+def test_dropout_only_changes_weights_when_asked():
+    torch.manual_seed(0)
+    q = k = v = torch.randn(1, 4, 8)
+    assert torch.equal(scaled_dot_product_attention(q, k, v, dropout_p=0.0), scaled_dot_product_attention(q, k, v))
+    _, w = scaled_dot_product_attention(q, k, v, dropout_p=0.5, return_weights=True)
+    assert (w == 0).any()
+
+
+def test_gradcheck_float64():
+    q = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: scaled_dot_product_attention(a, b, c), (q, k, v))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(q=torch.randn(2, 3, 4), k=torch.randn(2, 3, 5), v=torch.randn(2, 3, 5)), "same last dimension"),
+        (dict(q=torch.randn(2, 3, 4), k=torch.randn(2, 3, 4), v=torch.randn(2, 6, 4)), "number of positions"),
+        (dict(q=torch.randn(2, 3, 4), k=torch.randn(3, 3, 4), v=torch.randn(3, 3, 4)), "do not broadcast"),
+        (dict(q=torch.randn(4), k=torch.randn(3, 4), v=torch.randn(3, 4)), "at least 2 dims"),
+        (dict(q=torch.randn(3, 4), k=torch.randn(3, 4).double(), v=torch.randn(3, 4)), "one dtype"),
+        (dict(q=torch.ones(3, 4, dtype=torch.long), k=torch.ones(3, 4, dtype=torch.long),
+              v=torch.ones(3, 4, dtype=torch.long)), "floating"),
+        (dict(q=torch.randn(3, 4), k=torch.randn(3, 4), v=torch.randn(3, 4), attn_mask=torch.ones(2, 2, dtype=torch.bool)),
+         "does not broadcast"),
+        (dict(q=torch.randn(3, 4), k=torch.randn(3, 4), v=torch.randn(3, 4), attn_mask=torch.zeros(3, 3).double()),
+         "dtype"),
+        (dict(q=torch.randn(3, 4), k=torch.randn(3, 4), v=torch.randn(3, 4),
+              attn_mask=torch.ones(3, 3, dtype=torch.bool), is_causal=True), "not both"),
+        (dict(q=torch.randn(3, 4), k=torch.randn(3, 4), v=torch.randn(3, 4), dropout_p=1.5), "dropout_p"),
+        (dict(q=torch.randn(3, 4), k=torch.randn(3, 4, device="meta"), v=torch.randn(3, 4)), "one device"),
+    ],
+)
+def test_bad_input_names_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        scaled_dot_product_attention(**kwargs)
+
+
+def _copy_into_torch_mha(ours, d_model, n_heads):
+    ref = torch.nn.MultiheadAttention(d_model, n_heads, bias=False, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(ours.qkv.weight)  # same [W_q; W_k; W_v] layout
+        ref.out_proj.weight.copy_(ours.out.weight)
+    return ref
+
+
+@pytest.mark.parametrize("d_model,n_heads,T", [(512, 8, 16), (64, 4, 7), (30, 5, 3), (16, 1, 9)])
+def test_mha_matches_torch_multihead_attention(d_model, n_heads, T):
+    torch.manual_seed(d_model + n_heads)
+    ours = MultiHeadAttention(d_model, n_heads).eval()
+    ref = _copy_into_torch_mha(ours, d_model, n_heads).eval()
+    x = torch.randn(2, T, d_model)
+    y, w = ours(x, return_weights=True)
+    y_ref, w_ref = ref(x, x, x, need_weights=True, average_attn_weights=False)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w, w_ref, rtol=1e-5, atol=1e-6)
+    # causal: torch's attn_mask is True where attention is *not* allowed
+    y_c = ours(x, is_causal=True)
+    y_ref_c, _ = ref(x, x, x, attn_mask=~causal_mask(T), need_weights=False)
+    torch.testing.assert_close(y_c, y_ref_c, rtol=1e-5, atol=1e-5)
+
+
+def test_mha_padding_mask_broadcasts_over_heads():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 4).eval()
+    x = torch.randn(2, 6, 32)
+    mask = padding_mask([4, 6], 6)
+    ref = _copy_into_torch_mha(mha, 32, 4).eval()
+    y_ref, _ = ref(x, x, x, key_padding_mask=~mask[:, 0, 0, :])
+    torch.testing.assert_close(mha(x, attn_mask=mask), y_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("d_model,n_heads,n_kv,match", [
+    (30, 4, None, "not divisible by n_heads"),
+    (32, 0, None, "positive integer"),
+    (32, 8, 3, "must divide n_heads"),
+    (32, 4, 8, "must divide n_heads"),
+    (32, 4, 0, "must divide n_heads"),
+])
+def test_mha_bad_heads(d_model, n_heads, n_kv, match):
+    with pytest.raises(ValueError, match=match):
+        MultiHeadAttention(d_model, n_heads, n_kv)
+
+
+def test_mha_bad_input_shape():
+    with pytest.raises(ValueError, match="d_model=16"):
+        MultiHeadAttention(16, 2)(torch.randn(2, 3, 8))
+    with pytest.raises(ValueError, match="head dimension"):
+        MultiHeadAttention(16, 4, 2)(torch.randn(2, 3, 16), attn_mask=torch.ones(2, 3, 3, 3, dtype=torch.bool))
