@@ -163,7 +163,7 @@ class MultiHeadAttention(nn.Module):
         k = k.view(B, T, Hkv, dh).transpose(1, 2)  # (B, Hkv, T, dh)
         v = v.view(B, T, Hkv, dh).transpose(1, 2)  # (B, Hkv, T, dh)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, Hkv, T_k, dh), T_k = past + T
+            k, v = cache.update(k, v, layer)  # (B, Hkv, T_k, dh), T_k = past + T
         T_k = k.shape[-2]
         if is_causal:
             if attn_mask is not None:

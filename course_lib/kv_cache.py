@@ -38,8 +38,11 @@ class KVCache:
         self.keys = [None] * n_layers
         self.values = [None] * n_layers
 
-    def update(self, layer, k, v):
-        """Append new k, v (B, Hkv, T_new, d_head) at `layer`; return all of that layer's k, v."""
+    def update(self, k, v, layer, cache_kwargs=None):
+        """Append new k, v (B, Hkv, T_new, d_head) at `layer`; return all of that layer's k, v.
+
+        The argument order is that of transformers' ``Cache.update``, so the course's attention
+        works with either cache."""
         if not 0 <= layer < len(self.keys):
             raise ValueError(f"layer {layer} is out of range for a cache of {len(self.keys)} layers")
         if k.shape != v.shape or k.dim() != 4:
@@ -56,9 +59,9 @@ class KVCache:
         self.keys[layer], self.values[layer] = k, v
         return k, v
 
-    def __len__(self):
+    def get_seq_length(self, layer=0):
         """Number of cached positions (tokens) so far."""
-        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+        return 0 if self.keys[layer] is None else self.keys[layer].shape[2]
 
     def nbytes(self):
         """Bytes actually held by the cached key and value tensors."""
