@@ -1,0 +1,178 @@
+"""A small GPT in nanoGPT's spirit, packaged as a Hugging Face causal LM.
+
+    tokens -> token + position embeddings -> n_layer x [x + attn(ln(x)); x + mlp(ln(x))] -> ln -> logits
+
+Attention is `course_lib.attention.MultiHeadAttention` (grouped K/V heads when
+n_kv_heads < n_head). The model works with `generate()`, `save_pretrained()` /
+`from_pretrained()` (safetensors) and `AutoModelForCausalLM` (registered on import).
+`generate_tokens` is the course's own short decoding loop (greedy or sampled, KV cache or not).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .attention import MultiHeadAttention, causal_mask
+from .kv_cache import KVCache
+
+
+class GPTConfig(PretrainedConfig):
+    """Field names follow GPT-2's config; n_kv_heads (default n_head) selects MHA / GQA / MQA."""
+
+    model_type = "course_gpt"
+    attribute_map = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions",
+                     "num_attention_heads": "n_head", "num_hidden_layers": "n_layer",
+                     "num_key_value_heads": "n_kv_heads"}
+
+    def __init__(self, vocab_size=256, n_positions=64, n_embd=128, n_layer=4, n_head=4, n_kv_heads=None,
+                 n_inner=None, dropout=0.0, layer_norm_epsilon=1e-5, initializer_range=0.02,
+                 bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=True, **kwargs):
+        self.vocab_size, self.n_positions, self.n_embd = vocab_size, n_positions, n_embd
+        self.n_layer, self.n_head = n_layer, n_head
+        self.n_kv_heads = n_head if n_kv_heads is None else n_kv_heads
+        self.n_inner = 4 * n_embd if n_inner is None else n_inner
+        self.dropout, self.layer_norm_epsilon, self.initializer_range = dropout, layer_norm_epsilon, initializer_range
+        super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.attn = MultiHeadAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_heads, dropout=cfg.dropout)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, cfg.n_inner), nn.GELU(), nn.Linear(cfg.n_inner, cfg.n_embd),
+                                 nn.Dropout(cfg.dropout))
+
+    def forward(self, x, mask, cache=None, layer=0, return_weights=False):
+        a, w = self.attn(self.ln_1(x), attn_mask=mask, cache=cache, layer=layer, return_weights=True)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, (w if return_weights else None)
+
+
+class GPT(PreTrainedModel, GenerationMixin):
+    config_class = GPTConfig
+    base_model_prefix = "gpt"
+    main_input_name = "input_ids"
+    _tied_weights_keys = {"lm_head.weight": "wte.weight"}
+    _supports_cache_class = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned positions
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # tied to wte
+        self.post_init()
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, value):
+        self.wte = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids=None, cache=None, attention_mask=None, position_ids=None, labels=None,
+                use_cache=None, output_attentions=False, return_dict=None, past_key_values=None, **kwargs):
+        """input_ids (B, T) -> logits (B, T, vocab). attention_mask (B, past + T): 1 = real token, 0 = padding.
+
+        With `cache` (a `KVCache` or a transformers `Cache`), only the new tokens are passed."""
+        cache = past_key_values if cache is None else cache
+        if input_ids is None or input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a (batch, T) tensor of token ids, got "
+                             f"{None if input_ids is None else tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        if use_cache and cache is None:
+            cache = KVCache(self.config.n_layer)
+        past = cache.get_seq_length() if cache is not None else 0
+        if past + T > self.config.n_positions:
+            raise ValueError(f"sequence of {past + T} tokens is longer than the model's n_positions="
+                             f"{self.config.n_positions}; truncate the input or generate fewer tokens")
+        if position_ids is None:
+            if attention_mask is not None:  # left padding: count real tokens only
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
+            else:
+                position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
+        mask = causal_mask(T, past + T, device=input_ids.device, offset=past)[None, None]  # (1, 1, T, T_k)
+        if attention_mask is not None:
+            if attention_mask.shape != (B, past + T):
+                raise ValueError(f"attention_mask must be (batch, past + T) = {(B, past + T)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            mask = mask & attention_mask.bool()[:, None, None, :]  # (B, 1, T, T_k)
+
+        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, n_embd)
+        attentions = []
+        for i, block in enumerate(self.h):
+            x, w = block(x, mask, cache=cache, layer=i, return_weights=output_attentions)
+            attentions.append(w)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+
+        loss = None
+        if labels is not None:  # next-token prediction: position t predicts labels[t + 1]
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                   ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache or past else None,
+                                      attentions=tuple(attentions) if output_attentions else None)
+
+
+AutoConfig.register(GPTConfig.model_type, GPTConfig, exist_ok=True)
+AutoModelForCausalLM.register(GPTConfig, GPT, exist_ok=True)
+
+
+@torch.no_grad()
+def generate_tokens(model, input_ids, max_new_tokens, use_cache=True, temperature=0.0, eos_token_id=None,
+                    attention_mask=None, generator=None):
+    """Decode up to max_new_tokens after input_ids (B, T). temperature 0 = greedy, else sampling.
+
+    With use_cache each step feeds only the newest token and reads the rest from the KV cache;
+    without it each step re-runs the whole sequence. Sequences that emitted eos_token_id are
+    padded with it. Returns (B, T + new) token ids."""
+    was_training = model.training
+    model.eval()
+    ids = input_ids
+    mask = attention_mask
+    cache = KVCache(model.config.n_layer) if use_cache else None
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    step_input = ids
+    for _ in range(max_new_tokens):
+        if use_cache:
+            logits = model(step_input, cache=cache, attention_mask=mask, use_cache=True).logits[:, -1]
+        else:
+            logits = model(ids, attention_mask=mask).logits[:, -1]
+        if temperature == 0.0:
+            nxt = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        if eos_token_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+            done |= nxt == eos_token_id
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        step_input = nxt[:, None]
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if eos_token_id is not None and bool(done.all()):
+            break
+    model.train(was_training)
+    return ids
