@@ -7,7 +7,10 @@
 `scaled_dot_product_attention` gives the same numbers as
 `torch.nn.functional.scaled_dot_product_attention` for the same arguments (the
 tests check it), and can also return the attention weights, which torch's cannot.
+`MultiHeadAttention` shares K/V heads across groups of query heads (MHA, GQA, MQA), and
+`convert_mha_to_gqa` turns a trained MHA model into a GQA one (Ainslie et al. 2023).
 """
+import copy
 import math
 
 import torch
@@ -195,3 +198,74 @@ class MultiHeadAttention(nn.Module):
                 f"attn_mask's head dimension is {mask.shape[1]}; it must be 1 or n_heads={self.n_heads}"
             )
         return mask.unflatten(1, (self.n_kv_heads, self.group))
+
+
+_CONVERSIONS = ("mean", "first", "random")
+
+
+def _pool_kv_heads(attn, n_kv_heads, method, generator):
+    """A new MultiHeadAttention with `attn`'s weights and its K/V heads pooled to n_kv_heads."""
+    H, old, dh, d = attn.n_heads, attn.n_kv_heads, attn.d_head, attn.d_model
+    r = old // n_kv_heads  # consecutive old K/V heads that become one new head
+    w, b = attn.qkv.weight, attn.qkv.bias
+    new = MultiHeadAttention(d, H, n_kv_heads, dropout=attn.dropout, bias=b is not None)
+    new = new.to(device=w.device, dtype=w.dtype).train(attn.training)
+
+    def pool(t, is_bias=False):  # (old * dh, ...) -> (n_kv_heads * dh, ...)
+        heads = t.reshape(n_kv_heads, r, dh, *t.shape[1:])
+        if method == "mean":
+            out = heads.mean(1)
+        elif method == "first":
+            out = heads[:, 0]
+        elif is_bias:  # random: biases start at zero
+            out = torch.zeros_like(heads[:, 0])
+        else:  # random: a fresh draw at the scale of the weights it replaces
+            out = torch.randn(heads[:, 0].shape, generator=generator, dtype=t.dtype, device=t.device) * t.std()
+        return out.reshape(n_kv_heads * dh, *t.shape[1:])
+
+    with torch.no_grad():
+        for old_t, new_t, is_bias in ((w, new.qkv.weight, False), (b, new.qkv.bias, True)):
+            if old_t is None:
+                continue
+            q, k, v = old_t.split([H * dh, old * dh, old * dh], dim=0)
+            new_t.copy_(torch.cat([q, pool(k, is_bias), pool(v, is_bias)], dim=0))
+        new.out.load_state_dict(attn.out.state_dict())
+    return new
+
+
+def convert_mha_to_gqa(module, n_kv_heads, method="mean", generator=None):
+    """A copy of `module` whose attention layers share n_kv_heads K/V heads (Ainslie et al. 2023, §2.1).
+
+    Query head h reads K/V head h // (n_heads // n_kv_heads), so each new K/V head serves a run of
+    consecutive query heads and is made from the K/V heads that served them:
+      "mean"   mean-pool their K and V projections (the paper's choice),
+      "first"  keep the first head of each group,
+      "random" re-initialise the K and V projections (normal, at the std of the weights replaced;
+               biases zero), using `generator` (a torch.Generator) if given.
+    Query and output projections are copied unchanged. `module` is a MultiHeadAttention or any
+    module containing some (such as `course_lib.model.GPT`, whose config.n_kv_heads is updated);
+    it is left untouched. n_kv_heads must divide each layer's current number of K/V heads."""
+    if method not in _CONVERSIONS:
+        raise ValueError(f"method must be one of {_CONVERSIONS}, got {method!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    layers = [module] if isinstance(module, MultiHeadAttention) else [
+        m for m in module.modules() if isinstance(m, MultiHeadAttention)]
+    if not layers:
+        raise ValueError(f"{type(module).__name__} contains no course_lib MultiHeadAttention to convert")
+    for attn in layers:
+        if not (isinstance(n_kv_heads, int) and 1 <= n_kv_heads <= attn.n_kv_heads) or attn.n_kv_heads % n_kv_heads:
+            choices = [h for h in range(1, attn.n_kv_heads + 1) if attn.n_kv_heads % h == 0]
+            raise ValueError(f"n_kv_heads={n_kv_heads!r} must divide the layer's {attn.n_kv_heads} K/V heads "
+                             f"(1 = MQA); choose one of {choices}")
+    if isinstance(module, MultiHeadAttention):
+        return _pool_kv_heads(module, n_kv_heads, method, generator)
+    converted = copy.deepcopy(module)
+    for parent in list(converted.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, MultiHeadAttention):
+                setattr(parent, name, _pool_kv_heads(child, n_kv_heads, method, generator))
+    config = getattr(converted, "config", None)
+    if config is not None and hasattr(config, "n_kv_heads"):
+        config.n_kv_heads = n_kv_heads
+    return converted

@@ -23,10 +23,32 @@ def kv_cache_bytes(n_layers, n_kv_heads, d_head, seq_len, batch=1, dtype=torch.f
     """Bytes of a KV cache: 2 (K and V) * layers * KV heads * head dim * tokens * batch * bytes/element."""
     for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("d_head", d_head),
                         ("seq_len", seq_len), ("batch", batch)):
-        if not isinstance(value, int) or value < 0:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     b = 2 * n_layers * n_kv_heads * d_head * seq_len * batch * bytes_per_element(dtype)
     return int(b)
+
+
+# Attention shapes of published models, from each model's config.json on the Hugging Face Hub
+# (d_head = hidden size / attention heads). max_context is the trained context length.
+PUBLISHED_CONFIGS = {
+    "GPT-2 small": dict(n_layers=12, n_heads=12, n_kv_heads=12, d_head=64, max_context=1024),  # MHA
+    "Llama-2-7B": dict(n_layers=32, n_heads=32, n_kv_heads=32, d_head=128, max_context=4096),  # MHA
+    "Llama-2-70B": dict(n_layers=80, n_heads=64, n_kv_heads=8, d_head=128, max_context=4096),  # GQA-8
+    "Llama-3-8B": dict(n_layers=32, n_heads=32, n_kv_heads=8, d_head=128, max_context=8192),  # GQA-8
+    "Mistral-7B": dict(n_layers=32, n_heads=32, n_kv_heads=8, d_head=128, max_context=32768),  # GQA-8
+    "Falcon-7B": dict(n_layers=32, n_heads=71, n_kv_heads=1, d_head=64, max_context=2048),  # MQA
+}
+
+
+def human_bytes(n):
+    """1536 -> '1.50 KiB' (binary units, as memory is sold to programs)."""
+    if n < 0:
+        raise ValueError(f"a byte count must be non-negative, got {n!r}")
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} B" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
 
 
 class KVCache:
@@ -43,12 +65,16 @@ class KVCache:
 
         The argument order is that of transformers' ``Cache.update``, so the course's attention
         works with either cache."""
-        if not 0 <= layer < len(self.keys):
-            raise ValueError(f"layer {layer} is out of range for a cache of {len(self.keys)} layers")
+        if not isinstance(layer, int) or not 0 <= layer < len(self.keys):
+            raise ValueError(f"layer {layer!r} is out of range: use an integer 0..{len(self.keys) - 1} "
+                             f"for a cache of {len(self.keys)} layers")
         if k.shape != v.shape or k.dim() != 4:
             raise ValueError(f"k and v must both be (B, n_kv_heads, T, d_head), got {tuple(k.shape)} and {tuple(v.shape)}")
         old_k = self.keys[layer]
         if old_k is not None:
+            if old_k.dtype != k.dtype or old_k.device != k.device:
+                raise ValueError(f"new keys are {k.dtype} on {k.device} but the cache at layer {layer} holds "
+                                 f"{old_k.dtype} on {old_k.device}; use a fresh KVCache after changing dtype/device")
             if old_k.shape[:2] != k.shape[:2] or old_k.shape[3] != k.shape[3]:
                 raise ValueError(
                     f"new keys {tuple(k.shape)} do not fit the cached {tuple(old_k.shape)} at layer {layer}; "

@@ -1,0 +1,272 @@
+"""MHA / GQA / MQA, the KV cache and MHA -> GQA conversion (notebook 02's library)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.attention import MultiHeadAttention, causal_mask, convert_mha_to_gqa
+from course_lib.kv_cache import PUBLISHED_CONFIGS, KVCache, bytes_per_element, human_bytes, kv_cache_bytes
+from course_lib.model import GPT, GPTConfig, generate_tokens
+
+VARIANTS = [(8, 8), (8, 4), (8, 2), (8, 1), (4, 4), (4, 1), (1, 1)]  # (n_heads, n_kv_heads): MHA, GQA, MQA
+
+
+def _reference(attn, x, is_causal=False, enable_gqa=False):
+    """The same layer through torch's SDPA: K/V heads repeated for each query head of their group
+    (or torch's own enable_gqa broadcasting)."""
+    B, T, _ = x.shape
+    H, Hkv, dh = attn.n_heads, attn.n_kv_heads, attn.d_head
+    q, k, v = attn.qkv(x).split([H * dh, Hkv * dh, Hkv * dh], dim=-1)
+    q = q.view(B, T, H, dh).transpose(1, 2)
+    k, v = (t.view(B, T, Hkv, dh).transpose(1, 2) for t in (k, v))
+    if enable_gqa:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=True)
+    else:
+        k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    return attn.out(y.transpose(1, 2).reshape(B, T, H * dh))
+
+
+@pytest.mark.parametrize("n_heads,n_kv", VARIANTS)
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_grouped_heads_match_torch_sdpa(n_heads, n_kv, is_causal):
+    torch.manual_seed(n_heads * 10 + n_kv)
+    attn = MultiHeadAttention(32, n_heads, n_kv).eval()
+    x = torch.randn(3, 7, 32)
+    with torch.no_grad():
+        y = attn(x, is_causal=is_causal)
+        torch.testing.assert_close(y, _reference(attn, x, is_causal), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(y, _reference(attn, x, is_causal, enable_gqa=True), rtol=1e-5, atol=1e-6)
+
+
+def test_gqa_with_all_kv_heads_is_exactly_mha():
+    """n_kv_heads == n_heads is MHA: same weights, same numbers as the default (n_kv_heads=None) layer."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(64, 8).eval()
+    gqa = MultiHeadAttention(64, 8, n_kv_heads=8).eval()
+    gqa.load_state_dict(mha.state_dict())
+    assert gqa.qkv.weight.shape == (3 * 64, 64) and gqa.group == 1
+    x = torch.randn(2, 9, 64)
+    with torch.no_grad():
+        assert torch.equal(gqa(x, is_causal=True), mha(x, is_causal=True))
+
+
+def test_gqa_equals_mha_with_kv_heads_repeated():
+    """A GQA layer is an MHA layer whose K/V projections are tied within each group."""
+    torch.manual_seed(1)
+    H, Hkv, d = 8, 2, 32
+    dh = d // H
+    gqa = MultiHeadAttention(d, H, Hkv).eval()
+    mha = MultiHeadAttention(d, H).eval()
+    q, k, v = gqa.qkv.weight.split([H * dh, Hkv * dh, Hkv * dh])
+    rep = lambda w: w.view(Hkv, dh, d).repeat_interleave(H // Hkv, dim=0).reshape(H * dh, d)  # noqa: E731
+    with torch.no_grad():
+        mha.qkv.weight.copy_(torch.cat([q, rep(k), rep(v)]))
+        mha.out.weight.copy_(gqa.out.weight)
+        x = torch.randn(2, 6, d)
+        torch.testing.assert_close(gqa(x, is_causal=True), mha(x, is_causal=True), rtol=1e-5, atol=1e-6)
+    # the parameters GQA saves are exactly the repeated K/V rows
+    saved = sum(p.numel() for p in mha.parameters()) - sum(p.numel() for p in gqa.parameters())
+    assert saved == 2 * (H - Hkv) * dh * d
+
+
+@pytest.mark.parametrize("n_heads,n_kv", [(4, 4), (4, 2), (4, 1)])
+def test_attention_decoding_with_cache_equals_full_causal_forward(n_heads, n_kv):
+    torch.manual_seed(2)
+    layers = [MultiHeadAttention(16, n_heads, n_kv).eval() for _ in range(2)]
+    x = torch.randn(2, 10, 16)
+    with torch.no_grad():
+        full = [layer(x, is_causal=True) for layer in layers]
+        cache = KVCache(n_layers=2)
+        # a prompt of 4 positions at once, then one position at a time
+        steps = [x[:, :4]] + [x[:, t:t + 1] for t in range(4, 10)]
+        pieces = [[layer(s, is_causal=True, cache=cache, layer=i) for s in steps] for i, layer in enumerate(layers)]
+    for i in range(2):
+        torch.testing.assert_close(torch.cat(pieces[i], dim=1), full[i], rtol=1e-5, atol=1e-6)
+        assert cache.keys[i].shape == (2, n_kv, 10, 16 // n_heads)
+    assert cache.get_seq_length() == 10
+
+
+def _tiny_gpt(n_kv, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=20, n_positions=32, n_embd=32, n_layer=2, n_head=4, n_kv_heads=n_kv)
+    return GPT(GPTConfig(**{**cfg, **kw})).eval()
+
+
+@pytest.mark.parametrize("n_kv", [4, 2, 1])
+def test_model_token_by_token_with_cache_equals_full_forward(n_kv):
+    model = _tiny_gpt(n_kv)
+    ids = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = KVCache(model.config.n_layer)
+        steps = [model(ids[:, :5], cache=cache, use_cache=True).logits]
+        steps += [model(ids[:, t:t + 1], cache=cache, use_cache=True).logits for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    d_head = model.config.n_embd // model.config.n_head
+    assert cache.nbytes() == kv_cache_bytes(2, n_kv, d_head, 12, batch=3, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("n_kv", [4, 2, 1])
+def test_generate_with_and_without_cache_give_the_same_tokens(n_kv):
+    model = _tiny_gpt(n_kv, seed=4)
+    prompt = torch.randint(0, 20, (2, 3), generator=torch.Generator().manual_seed(5))
+    fast = generate_tokens(model, prompt, 20, use_cache=True)
+    slow = generate_tokens(model, prompt, 20, use_cache=False)
+    assert fast.shape == (2, 23) and torch.equal(fast, slow)
+
+
+def test_kv_cache_bytes_formula():
+    # 2 (K and V) * layers * KV heads * head dim * tokens * batch * bytes per element
+    assert kv_cache_bytes(1, 1, 1, 1, 1, torch.float32) == 8
+    assert kv_cache_bytes(2, 3, 5, 7, 11, torch.float16) == 2 * 2 * 3 * 5 * 7 * 11 * 2
+    assert kv_cache_bytes(4, 2, 8, 16, dtype="bfloat16") == kv_cache_bytes(4, 2, 8, 16, dtype=torch.bfloat16)
+    assert kv_cache_bytes(4, 2, 8, 16, dtype="int8") * 2 == kv_cache_bytes(4, 2, 8, 16, dtype=torch.float16)
+    assert kv_cache_bytes(3, 4, 5, 0) == 0
+    assert [bytes_per_element(t) for t in (torch.float64, torch.float32, torch.bfloat16, "int4")] == [8, 4, 2, 0.5]
+
+
+def test_published_configs_per_token_and_savings():
+    c = PUBLISHED_CONFIGS
+    per_token = {name: kv_cache_bytes(m["n_layers"], m["n_kv_heads"], m["d_head"], 1) for name, m in c.items()}
+    assert per_token["Llama-2-70B"] == 2 * 80 * 8 * 128 * 2 == 327_680  # 320 KiB per token in fp16
+    assert per_token["Llama-3-8B"] == per_token["Mistral-7B"] == 131_072  # 128 KiB
+    assert per_token["GPT-2 small"] == 36_864
+    assert kv_cache_bytes(80, 8, 128, 4096) == 1_342_177_280  # 1.25 GiB at 4k context
+    ratio = {name: m["n_heads"] // m["n_kv_heads"] for name, m in c.items()}
+    assert ratio["Llama-2-70B"] == 8 and ratio["Llama-3-8B"] == ratio["Mistral-7B"] == 4  # not "8x" for every GQA
+    assert all(m["n_heads"] % m["n_kv_heads"] == 0 for m in c.values())
+    assert human_bytes(1_342_177_280) == "1.25 GiB" and human_bytes(36_864) == "36.00 KiB"
+
+
+@pytest.mark.parametrize("n_kv,dtype", [(4, torch.float32), (2, torch.bfloat16), (1, torch.float16)])
+def test_cache_nbytes_equals_formula_during_generation(n_kv, dtype):
+    model = _tiny_gpt(n_kv, seed=6).to(dtype)
+    cache = KVCache(model.config.n_layer)
+    ids = torch.randint(0, 20, (2, 4), generator=torch.Generator().manual_seed(7))
+    assert cache.nbytes() == 0
+    with torch.no_grad():
+        model(ids, cache=cache, use_cache=True)
+        for t in range(5):
+            assert cache.nbytes() == kv_cache_bytes(2, n_kv, 8, 4 + t, batch=2, dtype=dtype)
+            model(ids[:, :1], cache=cache, use_cache=True)
+    assert cache.keys[0].dtype == dtype
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: kv_cache_bytes(-1, 1, 1, 1), "n_layers must be a non-negative integer"),
+    (lambda: kv_cache_bytes(1, 2.0, 1, 1), "n_kv_heads must be a non-negative integer"),
+    (lambda: kv_cache_bytes(1, 1, 1, True), "seq_len must be a non-negative integer"),
+    (lambda: kv_cache_bytes(1, 1, 1, 1, dtype="float17"), "unknown dtype"),
+    (lambda: KVCache(0), "n_layers must be a positive integer"),
+    (lambda: KVCache(2).update(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), 2), "out of range"),
+    (lambda: KVCache(2).update(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), -1), "out of range"),
+    (lambda: KVCache(2).update(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 2, 4), 0), "must both be"),
+    (lambda: KVCache(2).update(torch.zeros(1, 4), torch.zeros(1, 4), 0), "must both be"),
+    (lambda: human_bytes(-1), "non-negative"),
+])
+def test_bad_arguments_raise_clear_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_cache_refuses_a_different_batch_or_dtype():
+    cache = KVCache(1)
+    cache.update(torch.zeros(2, 2, 3, 4), torch.zeros(2, 2, 3, 4), 0)
+    with pytest.raises(ValueError, match="fresh KVCache for a new batch"):
+        cache.update(torch.zeros(3, 2, 1, 4), torch.zeros(3, 2, 1, 4), 0)
+    with pytest.raises(ValueError, match="fresh KVCache after changing dtype"):
+        cache.update(torch.zeros(2, 2, 1, 4).double(), torch.zeros(2, 2, 1, 4).double(), 0)
+
+
+def test_model_refuses_more_tokens_than_positions():
+    model = _tiny_gpt(2)
+    with pytest.raises(ValueError, match="n_positions"):
+        generate_tokens(model, torch.zeros(1, 30, dtype=torch.long), 5)
+
+
+# --- MHA -> GQA conversion (Ainslie et al. 2023) ---
+
+def _kv_weights(attn):
+    H, Hkv, dh = attn.n_heads, attn.n_kv_heads, attn.d_head
+    _, k, v = attn.qkv.weight.split([H * dh, Hkv * dh, Hkv * dh])
+    return k.view(Hkv, dh, -1), v.view(Hkv, dh, -1)
+
+
+@pytest.mark.parametrize("method", ["mean", "first"])
+def test_conversion_pools_kv_heads_by_groups(method):
+    torch.manual_seed(8)
+    mha = MultiHeadAttention(32, 8, bias=True)
+    gqa = convert_mha_to_gqa(mha, 2, method=method)
+    assert (gqa.n_heads, gqa.n_kv_heads) == (8, 2) and gqa.qkv.bias is not None
+    k, v = _kv_weights(mha)
+    k2, v2 = _kv_weights(gqa)
+    pick = (lambda t: t.view(2, 4, 4, 32).mean(1)) if method == "mean" else (lambda t: t.view(2, 4, 4, 32)[:, 0])
+    torch.testing.assert_close(k2, pick(k))
+    torch.testing.assert_close(v2, pick(v))
+    assert torch.equal(gqa.qkv.weight[:32], mha.qkv.weight[:32]) and torch.equal(gqa.out.weight, mha.out.weight)
+    assert mha.n_kv_heads == 8 and mha.qkv.weight.shape[0] == 96  # the original is untouched
+
+
+def test_conversion_is_exact_when_heads_in_a_group_agree():
+    """If the K/V heads of each group are already equal, mean-pooling and first-head lose nothing."""
+    torch.manual_seed(9)
+    gqa = MultiHeadAttention(32, 8, 2).eval()
+    mha = MultiHeadAttention(32, 8).eval()
+    q, k, v = gqa.qkv.weight.split([32, 8, 8])
+    with torch.no_grad():
+        mha.qkv.weight.copy_(torch.cat([q, k.view(2, 1, 4, 32).expand(2, 4, 4, 32).reshape(32, 32),
+                                        v.view(2, 1, 4, 32).expand(2, 4, 4, 32).reshape(32, 32)]))
+        mha.out.weight.copy_(gqa.out.weight)
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        for method in ("mean", "first"):
+            torch.testing.assert_close(convert_mha_to_gqa(mha, 2, method)(x, is_causal=True), mha(x, is_causal=True))
+        torch.testing.assert_close(convert_mha_to_gqa(mha, 8, "mean")(x), mha(x))  # n_kv == n_heads: identity
+
+
+def test_conversion_random_is_seeded_and_keeps_scale():
+    torch.manual_seed(10)
+    mha = MultiHeadAttention(64, 8)
+    a = convert_mha_to_gqa(mha, 1, "random", generator=torch.Generator().manual_seed(0))
+    b = convert_mha_to_gqa(mha, 1, "random", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.qkv.weight, b.qkv.weight)
+    k, _ = _kv_weights(mha)
+    k2, _ = _kv_weights(a)
+    assert abs(k2.std().item() / k.std().item() - 1) < 0.2
+    assert not torch.allclose(k2[0], k.view(1, 8, 8, 64).mean(1)[0])
+
+
+def test_conversion_of_a_whole_gpt_then_decoding_with_cache():
+    mha = _tiny_gpt(4, seed=11)
+    gqa = convert_mha_to_gqa(mha, 2, "mean")
+    assert gqa.config.n_kv_heads == 2 and mha.config.n_kv_heads == 4
+    assert all(block.attn.n_kv_heads == 2 for block in gqa.h)
+    assert all(block.attn.n_kv_heads == 4 for block in mha.h)
+    assert torch.equal(gqa.wte.weight, mha.wte.weight)
+    assert gqa.lm_head.weight.data_ptr() == gqa.wte.weight.data_ptr()  # still tied after the copy
+    saved = sum(p.numel() for p in mha.parameters()) - sum(p.numel() for p in gqa.parameters())
+    assert saved == mha.config.n_layer * 2 * (4 - 2) * 8 * 32
+    prompt = torch.randint(0, 20, (2, 3), generator=torch.Generator().manual_seed(12))
+    assert torch.equal(generate_tokens(gqa, prompt, 10), generate_tokens(gqa, prompt, 10, use_cache=False))
+    # a fresh GPT built from the converted config accepts the converted weights
+    fresh = GPT(gqa.config)
+    fresh.load_state_dict(gqa.state_dict())
+
+
+@pytest.mark.parametrize("args,match", [
+    ((MultiHeadAttention(16, 4), 3), "must divide"),
+    ((MultiHeadAttention(16, 4), 0), "must divide"),
+    ((MultiHeadAttention(16, 4, 2), 4), "must divide the layer's 2"),
+    ((MultiHeadAttention(16, 4), 2, "median"), "method must be one of"),
+    ((torch.nn.Linear(4, 4), 1), "contains no course_lib MultiHeadAttention"),
+])
+def test_conversion_bad_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        convert_mha_to_gqa(*args)
+    with pytest.raises(ValueError, match="torch.Generator"):
+        convert_mha_to_gqa(MultiHeadAttention(16, 4), 2, "random", generator=0)
+
+
+def test_causal_mask_offset_matches_cached_queries():
+    # the last T of T_k positions may see everything up to themselves
+    assert torch.equal(causal_mask(3, 5, offset=2), torch.ones(5, 5, dtype=torch.bool).tril()[2:])
