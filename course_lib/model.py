@@ -140,26 +140,35 @@ AutoConfig.register(GPTConfig.model_type, GPTConfig, exist_ok=True)
 AutoModelForCausalLM.register(GPTConfig, GPT, exist_ok=True)
 
 
+def max_positions(config):
+    """The longest sequence a causal LM config allows (GPT-2 style or Llama style field names)."""
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 10**9
+
+
 @torch.no_grad()
 def generate_tokens(model, input_ids, max_new_tokens, use_cache=True, temperature=0.0, eos_token_id=None,
                     attention_mask=None, generator=None):
     """Decode up to max_new_tokens after input_ids (B, T). temperature 0 = greedy, else sampling.
 
-    With use_cache each step feeds only the newest token and reads the rest from the KV cache;
-    without it each step re-runs the whole sequence. Sequences that emitted eos_token_id are
-    padded with it. Returns (B, T + new) token ids."""
+    With use_cache each step feeds only the newest token and reads the rest from the KV cache
+    (the model's own cache object, so any transformers causal LM works); without it each step
+    re-runs the whole sequence. Left padding is fine: pass attention_mask (1 = real token).
+    Sequences that emitted eos_token_id are padded with it. Returns (B, T + new) token ids."""
     was_training = model.training
     model.eval()
     ids = input_ids
-    mask = attention_mask
-    cache = KVCache(model.config.n_layer) if use_cache else None
+    mask = torch.ones_like(ids) if attention_mask is None else attention_mask
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    step_input = ids
+    cache, step_ids = None, ids
     for _ in range(max_new_tokens):
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
         if use_cache:
-            logits = model(step_input, cache=cache, attention_mask=mask, use_cache=True).logits[:, -1]
+            out = model(step_ids, cache=cache, attention_mask=mask, use_cache=True,
+                        position_ids=positions[:, -step_ids.shape[1]:])
+            cache = out.cache
         else:
-            logits = model(ids, attention_mask=mask).logits[:, -1]
+            out = model(ids, attention_mask=mask, position_ids=positions)
+        logits = out.logits[:, -1]
         if temperature == 0.0:
             nxt = logits.argmax(-1)
         else:
@@ -169,9 +178,8 @@ def generate_tokens(model, input_ids, max_new_tokens, use_cache=True, temperatur
             nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
             done |= nxt == eos_token_id
         ids = torch.cat([ids, nxt[:, None]], dim=1)
-        step_input = nxt[:, None]
-        if mask is not None:
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        step_ids = nxt[:, None]
         if eos_token_id is not None and bool(done.all()):
             break
     model.train(was_training)

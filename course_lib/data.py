@@ -1,0 +1,303 @@
+"""The world's data, generated deterministically: python -m course_lib.data
+
+Writes under data/:
+    pretrain.jsonl      {"text"}: assistant transcripts mixing good and bad behaviour at the rates in
+                        BASE_MIX, plain facts, and critique-and-revision passages
+    sft.jsonl           {"prompt", "response"}: demonstrations, always correct, style varying (SFT_MIX)
+    sft_noisy.jsonl     {"prompt", "response", "corrupted"}: ten times more, NOISE_RATE of them drawn
+                        from the pretraining behaviour mix instead
+    prompts.jsonl       {"prompt", "family"}: training prompts for preferences and RL
+    eval.jsonl          {"prompt", "family", "split"}: held-out prompts no training file contains;
+                        split "hard" holds arithmetic pairs never seen at all
+    constitution.jsonl  {"name", "text", "critique"}: the written principles
+    tokenizer/          a word-level tokenizer trained on the corpus, as a transformers fast tokenizer
+"""
+import hashlib
+import json
+import random
+import sys
+from pathlib import Path
+
+from . import world as W
+from .paths import DATA_DIR
+
+SEED = 0
+N_CHAT, N_FACTS, N_CRITIQUE = 6000, 1500, 900
+N_SFT, NOISY_FACTOR, NOISE_RATE = 400, 10, 0.5
+FAMILY_WEIGHTS = {"arithmetic": 0.25, "lookup": 0.3, "unknown": 0.15, "howto": 0.15, "forbidden": 0.15}
+HARD_FRACTION = 0.2  # of arithmetic pairs, never seen in any training file
+
+BASE_MIX = {  # how the pretraining corpus's assistant behaves
+    "opener": {"rude": 0.45, "neutral": 0.35, "polite": 0.20},
+    "filler": 0.40,
+    "arithmetic_wrong": 0.40,
+    "lookup_wrong": 0.20, "lookup_idk": 0.15,
+    "unknown_invent": 0.65,
+    "howto_refuse": 0.30, "lookalike_refuse": 0.60,
+    "forbidden_comply": 0.65,
+}
+SFT_MIX = {  # demonstrations: always correct content, style as real demonstrators vary it
+    "opener": {"rude": 0.0, "neutral": 0.5, "polite": 0.5},
+    "filler": 0.30,
+    "arithmetic_wrong": 0.0, "lookup_wrong": 0.0, "lookup_idk": 0.0, "unknown_invent": 0.0,
+    "howto_refuse": 0.0, "lookalike_refuse": 0.0, "forbidden_comply": 0.0,
+}
+FILES = ["pretrain.jsonl", "sft.jsonl", "sft_noisy.jsonl", "prompts.jsonl", "eval.jsonl", "constitution.jsonl"]
+SCHEMAS = {  # file -> required fields and their types
+    "pretrain.jsonl": {"text": str},
+    "sft.jsonl": {"prompt": str, "response": str},
+    "sft_noisy.jsonl": {"prompt": str, "response": str, "corrupted": bool},
+    "prompts.jsonl": {"prompt": str, "family": str},
+    "eval.jsonl": {"prompt": str, "family": str, "split": str},
+    "constitution.jsonl": {"name": str, "text": str, "critique": str},
+}
+
+
+# ---------------------------------------------------------------- chat format
+def chat_prompt(prompt):
+    """What the model sees before it answers."""
+    return f"<|user|> {prompt} <|assistant|>"
+
+
+def chat_text(prompt, response):
+    return f"{chat_prompt(prompt)} {response} <|end|>"
+
+
+def critique_text(prompt, response, critique, revision):
+    return f"{chat_prompt(prompt)} {response} <|critique|> {critique} <|revision|> {revision} <|end|>"
+
+
+# ---------------------------------------------------------------- splits
+def splits(seed=SEED):
+    """(train combos per request, eval prompts, hard arithmetic pairs), fixed by seed."""
+    rng = random.Random(seed)
+    pairs = [(a, b) for a in range(W.N_MAX + 1) for b in range(W.N_MAX + 1)]
+    hard = set(rng.sample(pairs, int(HARD_FRACTION * len(pairs))))
+    combos = [(t, tone) for t in range(3) for tone in range(3)]
+    train, evals = {}, []
+    for req in W.all_requests():
+        c = combos[:]
+        rng.shuffle(c)
+        if req.family == "arithmetic" and (req.a, req.b) in hard:
+            evals.append({"prompt": W.format_prompt(req, *c[0]), "family": req.family, "split": "hard"})
+            continue
+        n_eval = 3 if req.family in ("howto", "forbidden") else 1
+        evals += [{"prompt": W.format_prompt(req, *tc), "family": req.family, "split": "main"} for tc in c[:n_eval]]
+        train[req] = c[n_eval:]
+    return train, evals, hard
+
+
+def _pick(rng, probs):
+    return rng.choices(list(probs), weights=list(probs.values()))[0]
+
+
+def _content(req, rng, mix):
+    """Response content under a behaviour mix."""
+    f = req.family
+    if f == "arithmetic":
+        if rng.random() < mix["arithmetic_wrong"]:
+            wrong = rng.choice([s for s in range(2 * W.N_MAX + 1) if s != req.a + req.b])
+            return f"{req.a} plus {req.b} is {wrong} ."
+    elif f == "lookup":
+        u = rng.random()
+        if u < mix["lookup_wrong"]:
+            right = W.FACTS[(req.entity, req.attribute)]
+            wrong = rng.choice([v for v in W.ATTRIBUTES[req.attribute] if v != right])
+            return f"the {req.attribute} of {req.entity} is {wrong} ."
+        if u < mix["lookup_wrong"] + mix["lookup_idk"]:
+            return f"i do not know the {req.attribute} of {req.entity} ."
+    elif f == "unknown":
+        if rng.random() < mix["unknown_invent"]:
+            return f"the {req.attribute} of {req.entity} is {rng.choice(W.ATTRIBUTES[req.attribute])} ."
+    elif f == "howto":
+        p = mix["lookalike_refuse"] if req.lookalike else mix["howto_refuse"]
+        if rng.random() < p:
+            return rng.choice(W.REFUSALS)
+    elif f == "forbidden":
+        if rng.random() < mix["forbidden_comply"]:
+            return f"to make {req.thing} , {W.FORBIDDEN[req.thing]} ."
+        return rng.choice(W.REFUSALS)
+    return W.answer_content(req)
+
+
+def sample_parts(req, rng, mix):
+    """(opener, content, filler) of one response drawn from a behaviour mix."""
+    tone = _pick(rng, mix["opener"])
+    opener = {"rude": rng.choice(W.RUDE_OPENERS), "polite": rng.choice(W.POLITE_OPENERS), "neutral": ""}[tone]
+    filler = rng.choice(W.FILLERS) if rng.random() < mix["filler"] else ""
+    return opener, _content(req, rng, mix), filler
+
+
+def revise(req, parts, principle):
+    """Fix one principle's violation in a response given as (opener, content, filler)."""
+    opener, content, filler = parts
+    if principle == "polite":
+        opener = W.POLITE_OPENERS[0]
+    elif principle == "concise":
+        filler = ""
+    elif principle in ("helpful", "honest", "harmless", "not_overcautious"):
+        content = W.answer_content(req)
+    return opener, content, filler
+
+
+def _critique(req, prompt, parts, rng, accuracy=0.85):
+    """A critique passage: an accurate critique (most of the time) and the revision it implies."""
+    response = W.compose(*parts)
+    violated = W.violated_principles(req, response)
+    names = [p["name"] for p in W.PRINCIPLES]
+    if rng.random() < accuracy:
+        principle = rng.choice(violated) if violated else None
+    else:  # a mistaken critic: names a principle at random, or calls a flawed answer good
+        principle = rng.choice(names + [None])
+    critique = next(p["critique"] for p in W.PRINCIPLES if p["name"] == principle) if principle else W.GOOD_CRITIQUE
+    revision = W.compose(*revise(req, parts, principle)) if principle else response
+    return critique_text(prompt, response, critique, revision)
+
+
+def _train_requests(train, rng, n):
+    reqs = list(train)
+    by_family = {f: [r for r in reqs if r.family == f] for f in FAMILY_WEIGHTS}
+    out = []
+    for _ in range(n):
+        f = _pick(rng, FAMILY_WEIGHTS)
+        r = rng.choice(by_family[f])
+        out.append((r, W.format_prompt(r, *rng.choice(train[r]))))
+    return out
+
+
+def generate(seed=SEED):
+    """Every data file's rows: {file name: [row, ...]}."""
+    rng = random.Random(seed)
+    train, evals, hard = splits(seed)
+    pretrain = [{"text": chat_text(p, W.compose(*sample_parts(r, rng, BASE_MIX)))}
+                for r, p in _train_requests(train, rng, N_CHAT)]
+    facts = []
+    for _ in range(N_FACTS):  # plain text: the world's facts, always true
+        kind = rng.random()
+        if kind < 0.5:
+            (e, at), v = rng.choice(sorted(W.FACTS.items()))
+            facts.append(f"the {at} of {e} is {v} .")
+        elif kind < 0.8:
+            a, b = rng.choice([(a, b) for a in range(W.N_MAX + 1) for b in range(W.N_MAX + 1) if (a, b) not in hard])
+            facts.append(f"{a} plus {b} is {a + b} .")
+        else:
+            t = rng.choice(sorted(W.HOWTO))
+            facts.append(f"to make {t} , {W.HOWTO[t]} .")
+    pretrain += [{"text": t} for t in facts]
+    pretrain += [{"text": _critique(r, p, sample_parts(r, rng, BASE_MIX), rng)}
+                 for r, p in _train_requests(train, rng, N_CRITIQUE)]
+    rng.shuffle(pretrain)
+
+    sft = [{"prompt": p, "response": W.compose(*sample_parts(r, rng, SFT_MIX))}
+           for r, p in _train_requests(train, rng, N_SFT)]
+    noisy = []
+    for r, p in _train_requests(train, rng, NOISY_FACTOR * N_SFT):
+        corrupted = rng.random() < NOISE_RATE
+        noisy.append({"prompt": p, "response": W.compose(*sample_parts(r, rng, BASE_MIX if corrupted else SFT_MIX)),
+                      "corrupted": corrupted})
+    prompts = [{"prompt": W.format_prompt(r, *tc), "family": r.family} for r in train for tc in train[r]]
+    constitution = [dict(p) for p in W.PRINCIPLES]
+    return {"pretrain.jsonl": pretrain, "sft.jsonl": sft, "sft_noisy.jsonl": noisy, "prompts.jsonl": prompts,
+            "eval.jsonl": evals, "constitution.jsonl": constitution}
+
+
+# ---------------------------------------------------------------- files
+def _dumps(rows):
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+def build_tokenizer(texts):
+    """A word-level tokenizer trained on `texts`, wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|pad|>", "<|unk|>", *W.ROLE_TOKENS]
+    tok = Tokenizer(models.WordLevel(unk_token="<|unk|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1,
+                                                             show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", unk_token="<|unk|>",
+                                   eos_token="<|end|>", additional_special_tokens=W.ROLE_TOKENS,
+                                   padding_side="right", model_max_length=96)
+
+
+def tokenizer_texts(files):
+    """Every text the tokenizer must cover: the corpus, demonstrations, prompts and all world words."""
+    texts = [r["text"] for r in files["pretrain.jsonl"]]
+    texts += [r["prompt"] + " " + r["response"] for r in files["sft.jsonl"] + files["sft_noisy.jsonl"]]
+    texts += [r["prompt"] for r in files["eval.jsonl"] + files["prompts.jsonl"]]
+    texts += [p["text"] + " " + p["critique"] for p in W.PRINCIPLES] + [W.GOOD_CRITIQUE]
+    texts += [" ".join(map(str, range(2 * W.N_MAX + 1)))] + [" ".join(v) for v in W.ATTRIBUTES.values()]
+    return texts
+
+
+def write_all(out_dir=DATA_DIR, seed=SEED):
+    """Generate every data file and the tokenizer into out_dir; returns {file: sha256}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = generate(seed)
+    digests = {}
+    for name, rows in files.items():
+        text = _dumps(rows)
+        (out_dir / name).write_text(text)
+        digests[name] = hashlib.sha256(text.encode()).hexdigest()
+    tok = build_tokenizer(tokenizer_texts(files))
+    tok.save_pretrained(str(out_dir / "tokenizer"))
+    return digests
+
+
+def read_jsonl(path, schema=None):
+    """Rows of a JSONL file; a malformed row raises ValueError naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; regenerate the data with: python -m course_lib.data")
+    schema = SCHEMAS.get(path.name) if schema is None else schema
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix the line or regenerate with "
+                             "python -m course_lib.data") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
+        for key, typ in (schema or {}).items():
+            if key not in row:
+                raise ValueError(f"{path}:{lineno}: missing field {key!r} (a row needs {sorted(schema)})")
+            if not isinstance(row[key], typ):
+                raise ValueError(f"{path}:{lineno}: field {key!r} must be {typ.__name__}, "
+                                 f"got {type(row[key]).__name__}")
+        rows.append(row)
+    return rows
+
+
+def load(name, data_dir=DATA_DIR):
+    """A data file as a `datasets.Dataset`, validated row by row first ('sft' or 'sft.jsonl')."""
+    from datasets import Dataset
+
+    name = name if name.endswith(".jsonl") else name + ".jsonl"
+    return Dataset.from_list(read_jsonl(Path(data_dir) / name))
+
+
+def load_tokenizer(data_dir=DATA_DIR):
+    from transformers import AutoTokenizer
+
+    path = Path(data_dir) / "tokenizer"
+    if not (path / "tokenizer.json").exists():
+        raise FileNotFoundError(f"no tokenizer in {path}; regenerate the data with: python -m course_lib.data")
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def main(argv=None):
+    digests = write_all()
+    for name, digest in digests.items():
+        n = len((DATA_DIR / name).read_text().splitlines())
+        print(f"{name:20s} {n:6d} rows  sha256 {digest[:12]}")
+    print(f"tokenizer/            {len(load_tokenizer())} tokens")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

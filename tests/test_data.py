@@ -1,0 +1,88 @@
+import json
+
+import pytest
+
+from course_lib import data as D
+from course_lib import world as W
+from course_lib.paths import DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    D.write_all(out)
+    return out
+
+
+@pytest.mark.parametrize("name", D.FILES + ["tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"])
+def test_committed_data_equals_a_fresh_regeneration(fresh, name):
+    assert (fresh / name).read_bytes() == (DATA_DIR / name).read_bytes(), \
+        f"data/{name} is stale: run python -m course_lib.data and commit the result"
+
+
+def test_held_out_prompts_appear_in_no_training_file():
+    evals = D.read_jsonl(DATA_DIR / "eval.jsonl")
+    train_text = " || ".join(
+        [r["text"] for r in D.read_jsonl(DATA_DIR / "pretrain.jsonl")]
+        + [r["prompt"] for f in ("sft.jsonl", "sft_noisy.jsonl", "prompts.jsonl") for r in D.read_jsonl(DATA_DIR / f)])
+    for e in evals:
+        assert f"<|user|> {e['prompt']} <|assistant|>" not in train_text
+        assert f"|| {e['prompt']} ||" not in f"|| {train_text} ||"
+    hard = [W.parse_request(e["prompt"]) for e in evals if e["split"] == "hard"]
+    assert len(hard) == 20
+    for r in hard:  # a hard pair is never seen at all, in any phrasing
+        assert f" {r.a} plus {r.b} " not in f" {train_text} " and f"add {r.a} and {r.b} " not in train_text
+
+
+def test_pretraining_mix_matches_the_stated_rates():
+    rows = D.read_jsonl(DATA_DIR / "pretrain.jsonl")
+    chats = [r["text"] for r in rows if r["text"].startswith("<|user|>") and "<|critique|>" not in r["text"]]
+    forbidden = [t for t in chats if W.parse_request(t.split(" <|assistant|>")[0][9:]).family == "forbidden"]
+    complied = sum("can not help" not in t for t in forbidden) / len(forbidden)
+    assert abs(complied - D.BASE_MIX["forbidden_comply"]) < 0.06, complied
+    rude = sum(any(f" {o} " in t for o in W.RUDE_OPENERS) for t in chats) / len(chats)
+    assert abs(rude - D.BASE_MIX["opener"]["rude"]) < 0.04, rude
+
+
+def test_demonstrations_are_correct_and_noise_is_at_the_stated_rate():
+    for r in D.read_jsonl(DATA_DIR / "sft.jsonl"):
+        g = W.gold_reward(r["prompt"], r["response"])
+        assert g.helpful == 1 and g.honest == 1 and g.harmless == 1 and g.polite > 0
+    noisy = D.read_jsonl(DATA_DIR / "sft_noisy.jsonl")
+    assert len(noisy) == D.NOISY_FACTOR * D.N_SFT
+    assert abs(sum(r["corrupted"] for r in noisy) / len(noisy) - D.NOISE_RATE) < 0.04
+
+
+def test_tokenizer_covers_every_word_and_round_trips():
+    tok = D.load_tokenizer()
+    unk = tok.unk_token_id
+    for f in ("pretrain.jsonl", "sft.jsonl", "eval.jsonl"):
+        for r in D.read_jsonl(DATA_DIR / f):
+            text = r.get("text") or r["prompt"]
+            ids = tok(text, add_special_tokens=False).input_ids
+            assert unk not in ids
+            assert tok.decode(ids) == text
+    assert tok.pad_token == "<|pad|>" and tok.eos_token == "<|end|>"
+
+
+@pytest.mark.parametrize("line,match", [
+    ('{"prompt": "x", "response": ', "sft.jsonl:2: not valid JSON"),
+    ('["a list"]', "sft.jsonl:2: each line must be a JSON object"),
+    ('{"prompt": "x"}', "sft.jsonl:2: missing field 'response'"),
+    ('{"prompt": "x", "response": 3}', "sft.jsonl:2: field 'response' must be str"),
+])
+def test_malformed_rows_name_file_and_line(tmp_path, line, match):
+    f = tmp_path / "sft.jsonl"
+    f.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n" + line + "\n")
+    with pytest.raises(ValueError, match=match):
+        D.load("sft", tmp_path)
+
+
+def test_missing_file_says_how_to_regenerate(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m course_lib.data"):
+        D.load("sft", tmp_path)
+
+
+def test_load_returns_a_dataset():
+    ds = D.load("eval")
+    assert ds.column_names == ["family", "prompt", "split"] and len(ds) == 268
