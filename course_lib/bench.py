@@ -1,0 +1,104 @@
+"""python -m course_lib.bench flash: time and peak memory of attention, measured on this machine.
+
+A benchmark, not a test: its numbers depend on the machine and on what else runs on it.
+Each size times the three implementations in turn, `repeats` rounds, and keeps each one's
+best round (other work on the machine only ever adds time), so the ratios to SDPA
+come from one run under the same conditions.
+
+    python -m course_lib.bench flash                          # T = 1k, 2k, 4k, 8k; d = 64; one head
+    python -m course_lib.bench flash --sizes 4096 --heads 8 --causal
+"""
+import argparse
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .attention import scaled_dot_product_attention as naive_attention
+from .flash import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, flash_attention, peak_memory
+from .kv_cache import human_bytes
+
+ATTENTION = {  # name -> f(q, k, v, is_causal=...)
+    "naive": naive_attention,  # notebook 01's attention: materialises the T x T scores and weights
+    "tiled": flash_attention,  # course_lib.flash, pure PyTorch, default blocks
+    "sdpa": F.scaled_dot_product_attention,  # PyTorch's fused kernel
+}
+
+
+def flash_rows(sizes=(1024, 2048, 4096, 8192), batch=1, heads=1, d=64, repeats=5, is_causal=False,
+               memory=True, seed=0):
+    """One dict per sequence length T: best-of-`repeats` seconds of each implementation
+    ('naive_s', 'tiled_s', 'sdpa_s'), their ratios to SDPA ('naive_over_sdpa', 'tiled_over_sdpa')
+    and, if memory, the peak bytes each call allocates ('naive_peak_bytes', ...)."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for T in sizes:
+        q, k, v = (torch.randn(batch, heads, T, d, generator=g) for _ in range(3))
+        best = {}
+        for name, f in ATTENTION.items():  # warm up (first calls allocate and pick kernels)
+            f(q, k, v, is_causal=is_causal)
+        for _ in range(repeats):
+            for name, f in ATTENTION.items():
+                t0 = time.perf_counter()
+                f(q, k, v, is_causal=is_causal)
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+        row = {"T": T, **{f"{name}_s": s for name, s in best.items()}}
+        row["naive_over_sdpa"] = best["naive"] / best["sdpa"]
+        row["tiled_over_sdpa"] = best["tiled"] / best["sdpa"]
+        if memory:
+            for name, f in ATTENTION.items():
+                row[f"{name}_peak_bytes"] = peak_memory(f, q, k, v, is_causal=is_causal)[1]
+        rows.append(row)
+    return rows
+
+
+def format_flash_rows(rows):
+    head = f"{'T':>6} | {'naive ms':>9} {'tiled ms':>9} {'SDPA ms':>9} | {'naive/SDPA':>10} {'tiled/SDPA':>10}"
+    if "naive_peak_bytes" in rows[0]:
+        head += f" | {'peak naive':>11} {'peak tiled':>11} {'peak SDPA':>11}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        line = (f"{r['T']:>6} | {1e3 * r['naive_s']:9.1f} {1e3 * r['tiled_s']:9.1f} {1e3 * r['sdpa_s']:9.1f} | "
+                f"{r['naive_over_sdpa']:10.2f} {r['tiled_over_sdpa']:10.2f}")
+        if "naive_peak_bytes" in r:
+            line += " | " + " ".join(f"{human_bytes(r[f'{n}_peak_bytes']):>11}" for n in ATTENTION)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m course_lib.bench", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="benchmark", required=True)
+    fl = sub.add_parser("flash", help="naive vs tiled (course_lib.flash) vs torch SDPA: time and peak memory")
+    fl.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192], help="sequence lengths T")
+    fl.add_argument("--batch", type=int, default=1)
+    fl.add_argument("--heads", type=int, default=1)
+    fl.add_argument("--dim", type=int, default=64, help="head dimension d")
+    fl.add_argument("--repeats", type=int, default=5, help="timed rounds per size (the best one counts)")
+    fl.add_argument("--causal", action="store_true")
+    fl.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    fl.add_argument("--json", type=str, default=None, help="also write the rows to this JSON file")
+    args = ap.parse_args(argv)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; q, k, v of shape "
+          f"({args.batch}, {args.heads}, T, {args.dim}) float32, causal={args.causal}; "
+          f"tiled blocks {DEFAULT_BLOCK_Q} x {DEFAULT_BLOCK_K}; best of {args.repeats}", flush=True)
+    rows = flash_rows(args.sizes, args.batch, args.heads, args.dim, args.repeats, args.causal,
+                      memory=not args.no_memory)
+    print(format_flash_rows(rows))
+    at_4k = [r for r in rows if r["T"] == 4096]
+    if at_4k:
+        ratio = at_4k[0]["tiled_over_sdpa"]
+        print(f"\ntiled / SDPA at T=4096: {ratio:.2f}x (target: within 3x) -> {'met' if ratio <= 3 else 'NOT met'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
