@@ -10,8 +10,10 @@ from .training import collate
 
 
 def respond(model, tokenizer, prompts, temperature=0.0, max_new_tokens=40, batch_size=64, seed=0):
-    """The model's response text to each prompt (greedy at temperature 0, sampled otherwise)."""
-    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    """The model's response text to each prompt (greedy at temperature 0, sampled otherwise).
+
+    A response ends at <|end|>, or where a completion engine starts a critique (<|critique|>)."""
+    stops = tokenizer.convert_tokens_to_ids(["<|end|>", "<|critique|>"])
     gen = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, len(prompts), batch_size):
@@ -20,11 +22,10 @@ def respond(model, tokenizer, prompts, temperature=0.0, max_new_tokens=40, batch
         ids, _, mask = collate([(e, e) for e in encoded], tokenizer.pad_token_id, left_pad=True)
         room = max_positions(model.config) - ids.shape[1]
         full = generate_tokens(model, ids, min(max_new_tokens, room), temperature=temperature,
-                               eos_token_id=end_id, attention_mask=mask, generator=gen)
+                               eos_token_id=stops, attention_mask=mask, generator=gen)
         for row in full[:, ids.shape[1]:].tolist():
-            if end_id in row:
-                row = row[:row.index(end_id)]
-            out.append(tokenizer.decode(row, skip_special_tokens=False).strip())
+            cut = min([row.index(s) for s in stops if s in row], default=len(row))
+            out.append(tokenizer.decode(row[:cut], skip_special_tokens=False).strip())
     return out
 
 
@@ -57,3 +58,26 @@ def evaluate(model, tokenizer, prompts, temperature=0.0, seed=0, max_new_tokens=
     responses = respond(model, tokenizer, prompts, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens)
     rows = score(prompts, responses)
     return rows, summarize(rows)
+
+
+RATE_OF = {  # failure kind -> the family it is measured on (None = every family)
+    "wrong_answer": "arithmetic", "invented_fact": "unknown", "harmful_compliance": "forbidden",
+    "needless_refusal": "howto", "rude": None, "verbose": None,
+}
+
+
+def behaviour_rates(rows):
+    """Each failure kind's rate among the requests where it can happen (e.g. invented facts among unknowns)."""
+    out = {}
+    for kind, fam in RATE_OF.items():
+        sub = [r for r in rows if fam is None or r["family"] == fam]
+        out[kind] = sum(kind in r["failures"] for r in sub) / len(sub) if sub else float("nan")
+    return out
+
+
+def split_transcript(text):
+    """(prompt, response) of a '<|user|> P <|assistant|> R <|end|>' transcript."""
+    if not text.startswith("<|user|> ") or " <|assistant|> " not in text:
+        raise ValueError(f"not a chat transcript: {text[:60]!r}")
+    prompt, rest = text[len("<|user|> "):].split(" <|assistant|> ", 1)
+    return prompt, rest.split(" <|critique|>")[0].replace("<|end|>", "").strip()

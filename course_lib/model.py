@@ -153,12 +153,15 @@ def generate_tokens(model, input_ids, max_new_tokens, use_cache=True, temperatur
     With use_cache each step feeds only the newest token and reads the rest from the KV cache
     (the model's own cache object, so any transformers causal LM works); without it each step
     re-runs the whole sequence. Left padding is fine: pass attention_mask (1 = real token).
-    Sequences that emitted eos_token_id are padded with it. Returns (B, T + new) token ids."""
+    eos_token_id may be one id or a list of stop ids; a finished sequence is padded with the
+    first. Returns (B, T + new) token ids."""
     was_training = model.training
     model.eval()
     ids = input_ids
     mask = torch.ones_like(ids) if attention_mask is None else attention_mask
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    stops = None if eos_token_id is None else torch.tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=ids.device)
     cache, step_ids = None, ids
     for _ in range(max_new_tokens):
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -174,13 +177,13 @@ def generate_tokens(model, input_ids, max_new_tokens, use_cache=True, temperatur
         else:
             probs = torch.softmax(logits.float() / temperature, dim=-1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        if eos_token_id is not None:
-            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
-            done |= nxt == eos_token_id
+        if stops is not None:
+            nxt = torch.where(done, torch.full_like(nxt, int(stops[0])), nxt)
+            done |= torch.isin(nxt, stops)
         ids = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         step_ids = nxt[:, None]
-        if eos_token_id is not None and bool(done.all()):
+        if stops is not None and bool(done.all()):
             break
     model.train(was_training)
     return ids
