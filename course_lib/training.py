@@ -104,3 +104,27 @@ def eval_loss(model, examples, batch_size=64, pad_id=0):
         total += lm_loss(logits, labels).item() * n
         count += n
     return total / max(count, 1)
+
+
+def token_logprobs(logits, labels):
+    """log p(labels[:, t+1] | tokens up to t) for each position, (B, T-1); 0 where the label is -100.
+
+    Summing over the last dimension gives a response's log-probability when the prompt and
+    padding are labelled -100 (as `sft.sft_example` and `collate` do)."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return picked * keep
+
+
+def sequence_logprobs(model, tokenizer, prompts, responses, batch_size=64):
+    """Summed log-probability of each response given its prompt, (N,), with gradients if enabled."""
+    from .sft import sft_examples
+
+    rows = [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
+    out = []
+    for i in range(0, len(rows), batch_size):
+        ids, labels, mask = collate(sft_examples(tokenizer, rows[i:i + batch_size]), tokenizer.pad_token_id)
+        out.append(token_logprobs(model(ids, attention_mask=mask).logits, labels).sum(-1))
+    return torch.cat(out)
