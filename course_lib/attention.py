@@ -108,8 +108,10 @@ def scaled_dot_product_attention(
         attn_mask = causal_mask(T_q, T_k, device=q.device)
     if attn_mask is not None:
         scores = scores + _mask_to_additive(attn_mask, q, batch, T_q, T_k)
-    weights = torch.softmax(scores, dim=-1)
     blocked = torch.isneginf(scores).all(dim=-1, keepdim=True)  # rows with nothing to attend to
+    if blocked.any():  # give them finite scores so neither softmax nor its gradient makes NaN, then zero them
+        scores = scores.masked_fill(blocked, 0.0)
+    weights = torch.softmax(scores, dim=-1)
     if blocked.any():
         weights = weights.masked_fill(blocked, 0.0)
     if dropout_p > 0.0:

@@ -51,6 +51,15 @@ def test_fully_masked_row_gives_zero_like_torch():
     assert torch.all(w[0, 1] == 0) and not torch.isnan(out).any()
 
 
+def test_fully_masked_rows_have_finite_gradients():
+    # left-padded batches have query rows that may attend to nothing; training through them must not make NaN
+    q, k, v = (torch.randn(1, 3, 4, requires_grad=True) for _ in range(3))
+    m = torch.ones(3, 3, dtype=torch.bool)
+    m[0] = False
+    scaled_dot_product_attention(q, k, v, attn_mask=m).sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
 def test_weights_are_rows_of_probabilities_and_causal_zero_above_diagonal():
     q, k, v = torch.randn(2, 6, 8), torch.randn(2, 6, 8), torch.randn(2, 6, 8)
     out, w = scaled_dot_product_attention(q, k, v, is_causal=True, return_weights=True)
