@@ -29,6 +29,14 @@ RECIPES = {
              "data": ["pretrain.jsonl"]},
     "sft": {"kind": "sft", "from": "base", "steps": 150, "batch_size": 32, "lr": 5e-4, "seed": 0,
             "data": ["sft.jsonl"]},
+    # K responses sampled from the SFT model per training prompt, ranked by the simulated annotators
+    "preferences": {"kind": "preferences", "from": "sft", "n_prompts": 1200, "k": 4, "temperature": 1.0,
+                    "seed": 0, "val_fraction": 0.15, "data": ["prompts.jsonl"]},
+    # the SFT trunk (frozen) + a scalar head, Bradley-Terry on the preferences; best epoch on held-out pairs
+    "reward_model": {"kind": "reward_model", "from": "preferences", "epochs": 20, "lr": 1e-3, "seed": 0},
+    # RLHF: PPO from the SFT model against the reward model, KL penalty beta
+    "ppo": {"kind": "ppo", "from": "reward_model", "beta": 0.05, "iterations": 30, "lr": 1e-4, "batch_size": 64,
+            "seed": 0, "data": ["prompts.jsonl"]},
 }
 _BUILDERS = {}
 META = "meta.json"
@@ -79,10 +87,14 @@ def _load_model(folder):
     return AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True).eval()
 
 
-def _valid(folder):
+def _load(name, folder):
+    return _LOADERS[RECIPES[name]["kind"]](folder)
+
+
+def _valid(name, folder):
     try:
         meta = json.loads((folder / META).read_text())
-        _load_model(folder)
+        _load(name, folder)
         return meta.get("complete") is True
     except Exception:  # noqa: BLE001 - anything unreadable is rebuilt
         return False
@@ -117,7 +129,7 @@ def ensure(name, progress=True):
     if name not in RECIPES:
         raise ValueError(f"unknown artefact {name!r}; known: {sorted(RECIPES)}")
     folder = path(name)
-    if folder.exists() and _valid(folder):
+    if folder.exists() and _valid(name, folder):
         return folder
     if folder.exists():
         shutil.rmtree(folder)  # partial or corrupt: rebuild
@@ -127,8 +139,9 @@ def ensure(name, progress=True):
 
 
 def get(name, progress=True):
-    """The model of artefact `name` (eval mode), trained and cached first if needed."""
-    return _load_model(ensure(name, progress))
+    """Artefact `name`, built and cached first if needed: a model (eval mode), a reward model, or
+    for "preferences" a dict {"train": rows, "val": rows}."""
+    return _load(name, ensure(name, progress))
 
 
 def info(name, progress=True):
@@ -190,4 +203,67 @@ def _sft(recipe, out, progress=True):
     return {"losses": log["losses"], "train_seconds": log["seconds"], "tokens": log["tokens"]}
 
 
-_BUILDERS.update({"pretrain": _pretrain, "sft": _sft})
+def _preferences(recipe, out, progress=True):
+    import random
+
+    from . import metrics
+    from .preferences import collect
+
+    tok = tokenizer()
+    policy = get(recipe["from"], progress)
+    pool = [r["prompt"] for f in recipe["data"] for r in D.read_jsonl(DATA_DIR / f)]
+    prompts = random.Random(recipe["seed"]).sample(pool, recipe["n_prompts"])
+    samples = [metrics.respond(policy, tok, prompts, temperature=recipe["temperature"], seed=recipe["seed"] + s)
+               for s in range(recipe["k"])]
+    rows = collect(prompts, [list(rs) for rs in zip(*samples)], seed=recipe["seed"])
+    n_val = int(recipe["val_fraction"] * recipe["n_prompts"])
+    for r in rows:  # hold out whole prompts (groups), so no prompt is in both splits
+        r["split"] = "val" if r["group"] >= recipe["n_prompts"] - n_val else "train"
+    (out / "preferences.jsonl").write_text(D._dumps(rows))
+    return {"pairs": len(rows), "prompts": len(prompts), "responses_sampled": len(prompts) * recipe["k"]}
+
+
+def _load_preferences(folder):
+    rows = D.read_jsonl(folder / "preferences.jsonl", schema={"prompt": str, "chosen": str, "rejected": str,
+                                                                "split": str})
+    return {"train": [r for r in rows if r["split"] == "train"], "val": [r for r in rows if r["split"] == "val"]}
+
+
+def _reward_model(recipe, out, progress=True):
+    from . import reward_model as R
+
+    prefs = get(recipe["from"], progress)
+    trunk = get(RECIPES[recipe["from"]]["from"], progress)
+    rm = R.RewardModel(trunk, tokenizer())
+    log = R.train_reward_model(rm, prefs["train"], prefs["val"], epochs=recipe["epochs"], lr=recipe["lr"],
+                               seed=recipe["seed"])
+    R.save(rm, out)
+    return {"val_acc": log["val_acc"], "train_acc": log["train_acc"], "best_epoch": log["best_epoch"],
+            "losses": log["losses"], "train_seconds": log["seconds"]}
+
+
+def _ppo(recipe, out, progress=True):
+    from . import ppo
+
+    tok = tokenizer()
+    rm = get(recipe["from"], progress)
+    sft_name = RECIPES[RECIPES[recipe["from"]]["from"]]["from"]
+    policy, ref = get(sft_name, progress), get(sft_name, progress)
+    prompts = [r["prompt"] for f in recipe["data"] for r in D.read_jsonl(DATA_DIR / f)]
+    cfg = ppo.PPOConfig(iterations=recipe["iterations"], beta=recipe["beta"], lr=recipe["lr"],
+                        batch_size=recipe["batch_size"], seed=recipe["seed"])
+    log = ppo.train_ppo(policy, ref, rm.score, ppo.value_model_from(rm), tok, prompts, cfg, progress=progress)
+    policy.save_pretrained(str(out))
+    return {k: log[k] for k in ("proxy", "gold", "kl", "length")} | {"train_seconds": log["seconds"]}
+
+
+_BUILDERS.update({"pretrain": _pretrain, "sft": _sft, "preferences": _preferences, "reward_model": _reward_model,
+                  "ppo": _ppo})
+def _load_reward_model(folder):
+    from . import reward_model as R
+
+    return R.load(folder, tokenizer())
+
+
+_LOADERS = {"pretrain": _load_model, "sft": _load_model, "ppo": _load_model, "preferences": _load_preferences,
+            "reward_model": _load_reward_model}

@@ -94,7 +94,8 @@ class GPT(PreTrainedModel, GenerationMixin):
         return self.lm_head
 
     def forward(self, input_ids=None, cache=None, attention_mask=None, position_ids=None, labels=None,
-                use_cache=None, output_attentions=False, return_dict=None, past_key_values=None, **kwargs):
+                use_cache=None, output_attentions=False, output_hidden_states=False, return_dict=None,
+                past_key_values=None, **kwargs):
         """input_ids (B, T) -> logits (B, T, vocab). attention_mask (B, past + T): 1 = real token, 0 = padding.
 
         With `cache` (a `KVCache` or a transformers `Cache`), only the new tokens are passed."""
@@ -122,18 +123,22 @@ class GPT(PreTrainedModel, GenerationMixin):
             mask = mask & attention_mask.bool()[:, None, None, :]  # (B, 1, T, T_k)
 
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, n_embd)
-        attentions = []
+        attentions, hidden = [], [x]
         for i, block in enumerate(self.h):
             x, w = block(x, mask, cache=cache, layer=i, return_weights=output_attentions)
             attentions.append(w)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+            hidden.append(x)
+        x = self.ln_f(x)
+        hidden[-1] = x  # as in GPT-2: the last hidden state is after the final LayerNorm
+        logits = self.lm_head(x)  # (B, T, vocab)
 
         loss = None
         if labels is not None:  # next-token prediction: position t predicts labels[t + 1]
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                    ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache or past else None,
-                                      attentions=tuple(attentions) if output_attentions else None)
+                                      attentions=tuple(attentions) if output_attentions else None,
+                                      hidden_states=tuple(hidden) if output_hidden_states else None)
 
 
 AutoConfig.register(GPTConfig.model_type, GPTConfig, exist_ok=True)

@@ -1,0 +1,146 @@
+"""Simulated annotators and the preference data they produce.
+
+Annotator i prefers response A over B with probability
+
+    P(A > B) = sigma( (g_A - g_B) / tau_i + bias_i(A) - bias_i(B) )
+
+where g is the gold reward, tau_i the annotator's noise and bias_i a personal taste that has
+nothing to do with quality (one likes long answers, one likes polite words whatever the content).
+K-way rankings are drawn from the same utilities (Plackett-Luce) and expanded into all
+K(K-1)/2 pairs, grouped per prompt, as InstructGPT did.
+"""
+import itertools
+import math
+import random
+from dataclasses import dataclass
+
+from . import world as W
+
+
+def n_words(text):
+    return len(text.split())
+
+
+def n_polite_words(text):
+    return sum(W._has(text, m) for m in W.POLITE_MARKERS)
+
+
+BIASES = {
+    "none": lambda text: 0.0,
+    "length": n_words,
+    "polite_words": n_polite_words,
+}
+
+
+@dataclass(frozen=True)
+class Annotator:
+    name: str
+    tau: float  # noise: larger = closer to a coin flip
+    bias: str = "none"  # which feature the annotator likes regardless of quality
+    bias_weight: float = 0.0  # logit added per unit of that feature
+
+    def utility(self, prompt, response):
+        g = W.gold_reward(prompt, response).total
+        return g / self.tau + self.bias_weight * BIASES[self.bias](response)
+
+    def p_prefers(self, prompt, a, b):
+        """P(this annotator prefers a over b)."""
+        return 1.0 / (1.0 + math.exp(-(self.utility(prompt, a) - self.utility(prompt, b))))
+
+    def compare(self, prompt, a, b, rng):
+        """True if the annotator picks a over b (one noisy draw)."""
+        return rng.random() < self.p_prefers(prompt, a, b)
+
+    def rank(self, prompt, responses, rng):
+        """A full ranking (best first) drawn from the Plackett-Luce model of the same utilities."""
+        remaining = list(range(len(responses)))
+        u = [self.utility(prompt, r) for r in responses]
+        order = []
+        while remaining:
+            weights = [math.exp(u[i] - max(u[j] for j in remaining)) for i in remaining]
+            pick = rng.choices(remaining, weights=weights)[0]
+            order.append(pick)
+            remaining.remove(pick)
+        return order
+
+
+ANNOTATORS = [
+    Annotator("careful", tau=0.3),
+    Annotator("hasty", tau=0.8),
+    Annotator("likes_long", tau=0.4, bias="length", bias_weight=0.25),
+    Annotator("likes_polite", tau=0.4, bias="polite_words", bias_weight=1.5),
+]
+
+
+def label_pairs(annotator, prompt, responses, rng):
+    """Pairs from a K-way ranking of `responses`: all K(K-1)/2 (chosen, rejected), distinct texts only."""
+    order = annotator.rank(prompt, responses, rng)
+    pairs = []
+    for i, j in itertools.combinations(range(len(order)), 2):
+        a, b = responses[order[i]], responses[order[j]]
+        if a != b:
+            pairs.append((a, b))
+    return pairs
+
+
+def collect(prompts, responses, annotators=ANNOTATORS, seed=0):
+    """Preference rows from K responses per prompt, each prompt ranked by one annotator (round robin).
+
+    responses[i] is the list of K responses to prompts[i]; K = 2 gives plain pairwise comparisons.
+    Rows: prompt, chosen, rejected, annotator, group (the prompt's index), gold_chosen, gold_rejected."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} response lists")
+    rng = random.Random(seed)
+    rows = []
+    for i, (p, rs) in enumerate(zip(prompts, responses)):
+        if len(rs) < 2:
+            raise ValueError(f"prompt {i} has {len(rs)} responses; a comparison needs at least 2")
+        ann = annotators[i % len(annotators)]
+        for chosen, rejected in label_pairs(ann, p, rs, rng):
+            rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, "annotator": ann.name, "group": i,
+                         "gold_chosen": W.gold_reward(p, chosen).total,
+                         "gold_rejected": W.gold_reward(p, rejected).total})
+    return rows
+
+
+def comparisons_made(rows):
+    """Human comparisons behind the rows: a K-way ranking costs K - 1 judgements at least; we count pairs."""
+    return len(rows)
+
+
+def gold_agreement(rows):
+    """Fraction of labels that agree with the gold reward, over pairs whose gold rewards differ."""
+    decided = [r for r in rows if r["gold_chosen"] != r["gold_rejected"]]
+    return sum(r["gold_chosen"] > r["gold_rejected"] for r in decided) / max(len(decided), 1)
+
+
+def agreement_matrix(labels):
+    """labels: {annotator: [0/1 per item]} on the same items -> (mean pairwise % agreement, Fleiss' kappa)."""
+    names = list(labels)
+    n_items = len(labels[names[0]])
+    if any(len(v) != n_items for v in labels.values()):
+        raise ValueError("every annotator must label the same items")
+    pair_agree = [sum(x == y for x, y in zip(labels[a], labels[b])) / n_items
+                  for a, b in itertools.combinations(names, 2)]
+    return sum(pair_agree) / len(pair_agree), fleiss_kappa([[labels[a][i] for a in names] for i in range(n_items)])
+
+
+def cohen_kappa(x, y):
+    """Cohen's kappa of two raters' binary labels."""
+    n = len(x)
+    po = sum(a == b for a, b in zip(x, y)) / n
+    px, py = sum(x) / n, sum(y) / n
+    pe = px * py + (1 - px) * (1 - py)
+    return (po - pe) / (1 - pe) if pe < 1 else 1.0
+
+
+def fleiss_kappa(items):
+    """Fleiss' kappa for binary labels: items is a list of per-item label lists (same raters per item)."""
+    n = len(items[0])
+    if n < 2:
+        raise ValueError("Fleiss' kappa needs at least two raters per item")
+    p_yes = sum(sum(it) for it in items) / (len(items) * n)
+    p_e = p_yes ** 2 + (1 - p_yes) ** 2
+    p_i = [(sum(it) * (sum(it) - 1) + (n - sum(it)) * (n - sum(it) - 1)) / (n * (n - 1)) for it in items]
+    p_bar = sum(p_i) / len(p_i)
+    return (p_bar - p_e) / (1 - p_e) if p_e < 1 else 1.0
