@@ -323,12 +323,14 @@ def standard_attention_io(q, k, v, sram_size):
 
 
 def flash_block_sizes(d, sram_size):
-    """FlashAttention's tiles for an SRAM of M elements, in FlashAttention-2's loop order.
+    """(query block B_r, key block B_c) for an SRAM of M elements, in FlashAttention-2's loop order.
 
-    The key block is the paper's B_c = min(M / 4d, d); the query block is as large as the
-    SRAM allows beside it: Q_i and O_i (2 B_r d), m_i and l_i (2 B_r), K_j and V_j (2 B_c d)
-    and the score tile (B_r B_c) must fit in M. K and V are read once per query block, so
-    the traffic is ~ 2 T^2 d / B_r = Theta(T^2 d^2 / M)."""
+    Dao et al. 2022 (K/V loop outside) take outer blocks of M/4d rows and inner blocks of
+    min(M/4d, d). Here the query loop is outside, so the roles swap: the inner key block is
+    B_c = min(M/4d, d), and the outer query block is as large as the SRAM allows beside it:
+    Q_i and O_i (2 B_r d), m_i and l_i (2 B_r), K_j and V_j (2 B_c d) and the score tile
+    (B_r B_c) must fit in M. K and V are read once per query block, so the traffic is
+    ~ 2 T^2 d / B_r = Theta(T^2 d^2 / M)."""
     bc = min(sram_size // (4 * d), d)
     br = (sram_size - 2 * bc * d) // (2 * d + 2 + bc) if bc >= 1 else 0
     if br < 1:

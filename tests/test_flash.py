@@ -6,8 +6,6 @@ import torch.nn.functional as F
 
 from course_lib.attention import scaled_dot_product_attention as naive_attention
 from course_lib.flash import (
-    DEFAULT_BLOCK_K,
-    DEFAULT_BLOCK_Q,
     TwoLevelMemory,
     flash_attention,
     flash_attention_backward,
@@ -112,10 +110,6 @@ def test_backward_function_directly_and_half_precision():
     torch.testing.assert_close(out_h.float(), F.scaled_dot_product_attention(q, k, v), atol=3e-2, rtol=3e-2)
     out_h.sum().backward()
     assert qh.grad.dtype == torch.bfloat16 and torch.isfinite(qh.grad.float()).all()
-
-
-def test_default_blocks_are_the_documented_ones():
-    assert (DEFAULT_BLOCK_Q, DEFAULT_BLOCK_K) == (256, 512)
 
 
 def test_clear_errors():
