@@ -20,6 +20,7 @@ _SETTINGS = {
     "HF_HOME": str(CACHE_DIR / "huggingface"),
     "HF_DATASETS_CACHE": str(CACHE_DIR / "huggingface" / "datasets"),
     "MPLCONFIGDIR": str(CACHE_DIR / "matplotlib"),
+    "KINETO_LOG_LEVEL": "6",  # torch.profiler (memory measurements) stays quiet in notebooks
 }
 os.environ.update(_SETTINGS)
 
