@@ -7,6 +7,7 @@ come from one run under the same conditions.
 
     python -m course_lib.bench flash                          # T = 1k, 2k, 4k, 8k; d = 64; one head
     python -m course_lib.bench flash --sizes 4096 --heads 8 --causal
+    python -m course_lib.bench model                          # training tokens/s: course GPT vs GPT2LMHeadModel
 """
 import argparse
 import json
@@ -70,6 +71,46 @@ def format_flash_rows(rows):
     return "\n".join(lines)
 
 
+def model_rows(steps=20, repeats=3, batch_size=32, seed=0):
+    """Training throughput (non-padding tokens per second) of the course's GPT and of
+    transformers' GPT2LMHeadModel of the same size, on the same pretraining batches; the rounds
+    alternate between the two and each keeps its best round."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from . import data as D
+    from .checkpoints import BASE_CONFIG
+    from .model import GPT, GPTConfig
+    from .training import collate, lm_example, lm_loss
+
+    tok = D.load_tokenizer()
+    texts = [r["text"] for r in D.read_jsonl(D.DATA_DIR / "pretrain.jsonl")[: steps * batch_size]]
+    batches = [collate([lm_example(tok, t) for t in texts[i:i + batch_size]], tok.pad_token_id)
+               for i in range(0, len(texts), batch_size)]
+    torch.manual_seed(seed)
+    models = {
+        "course GPT": GPT(GPTConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **BASE_CONFIG)),
+        "GPT2LMHeadModel": GPT2LMHeadModel(GPT2Config(
+            vocab_size=len(tok), n_positions=BASE_CONFIG["n_positions"], n_embd=BASE_CONFIG["n_embd"],
+            n_layer=BASE_CONFIG["n_layer"], n_head=BASE_CONFIG["n_head"], resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0)),
+    }
+    best = {name: float("inf") for name in models}
+    tokens = sum(int(m.sum()) for _, _, m in batches)
+    for _ in range(repeats):
+        for name, model in models.items():
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            model.train()
+            t0 = time.perf_counter()
+            for ids, labels, mask in batches:
+                loss = lm_loss(model(ids, attention_mask=mask).logits, labels)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return [{"model": name, "parameters": sum(p.numel() for p in m.parameters()), "seconds": best[name],
+             "tokens_per_s": tokens / best[name]} for name, m in models.items()]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m course_lib.bench", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="benchmark", required=True)
@@ -82,7 +123,18 @@ def main(argv=None):
     fl.add_argument("--causal", action="store_true")
     fl.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     fl.add_argument("--json", type=str, default=None, help="also write the rows to this JSON file")
+    mo = sub.add_parser("model", help="training tokens/s: the course's GPT vs transformers' GPT2LMHeadModel")
+    mo.add_argument("--steps", type=int, default=20, help="training steps of 32 documents per round")
+    mo.add_argument("--repeats", type=int, default=3, help="rounds per model (the best one counts)")
     args = ap.parse_args(argv)
+
+    if args.benchmark == "model":
+        rows = model_rows(args.steps, args.repeats)
+        for r in rows:
+            print(f"{r['model']:16s} {r['parameters']:>9,} parameters  {r['tokens_per_s']:8.0f} tokens/s")
+        ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
+        print(f"\ncourse GPT / GPT2LMHeadModel: {ratio:.2f}x (target: >= 1.0x) -> {'met' if ratio >= 1 else 'NOT met'}")
+        return 0
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; q, k, v of shape "
           f"({args.batch}, {args.heads}, T, {args.dim}) float32, causal={args.causal}; "

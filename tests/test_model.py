@@ -68,3 +68,12 @@ def test_generate_tokens_works_with_a_transformers_gpt2():
     m = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=32, n_embd=32, n_layer=2, n_head=4)).eval()
     x = torch.randint(2, 40, (2, 5))
     assert torch.equal(generate_tokens(m, x, 6, use_cache=True), generate_tokens(m, x, 6, use_cache=False))
+
+
+def test_model_benchmark_runs_and_compares_equal_sizes():
+    from course_lib.bench import model_rows
+
+    rows = model_rows(steps=1, repeats=1)
+    assert [r["model"] for r in rows] == ["course GPT", "GPT2LMHeadModel"]
+    assert abs(rows[0]["parameters"] - rows[1]["parameters"]) / rows[1]["parameters"] < 0.01
+    assert all(r["tokens_per_s"] > 0 for r in rows)
