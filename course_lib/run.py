@@ -132,6 +132,55 @@ def _update_summary(rows):
     report._write_atomic(path, summary)
 
 
+HEADLINE = [  # (notebook stem prefix, metric, what it says, format)
+    ("01", "sdpa_max_abs_err", "attention from scratch vs torch SDPA, max abs error", "{:.1e}"),
+    ("01", "unscaled_score_var", "variance of q·k at d_k = 64 without scaling (with: ~1)", "{:.1f}"),
+    ("02", "kv_cache_speedup", "generation speed-up from the KV cache", "{:.1f}×"),
+    ("02", "val_loss_mha", "validation loss, MHA (equal parameters)", "{:.3f}"),
+    ("02", "val_loss_gqa", "validation loss, GQA", "{:.3f}"),
+    ("02", "val_loss_mqa", "validation loss, MQA", "{:.3f}"),
+    ("03", "flash_max_rel_err_fp32", "tiled FlashAttention vs SDPA, max relative error (fp32)", "{:.1e}"),
+    ("03", "naive_peak_bytes_8k", "peak extra memory at T = 8k, standard attention (bytes)", "{:,.0f}"),
+    ("03", "tiled_peak_bytes_8k", "peak extra memory at T = 8k, tiled (bytes)", "{:,.0f}"),
+    ("03", "tiled_over_sdpa_time_4k", "tiled (pure PyTorch) / torch SDPA time at T = 4k", "{:.2f}×"),
+    ("04", "base_gold_reward", "gold reward of the pretrained base model (max 1.75)", "{:.2f}"),
+    ("05", "sft_gold_reward", "gold reward after SFT", "{:.2f}"),
+    ("05", "sft_gold_reward_noisy_large", "gold after SFT on 10× more, 50% noisy demonstrations", "{:.2f}"),
+    ("06", "rm_heldout_accuracy", "reward model held-out accuracy vs labels", "{:.1%}"),
+    ("06", "annotator_agreement", "annotators' agreement with each other", "{:.1%}"),
+    ("07", "ppo_gold_reward", "gold reward after PPO (β = 0.05)", "{:.2f}"),
+    ("07", "nokl_gold_reward", "gold reward after PPO without KL penalty (sampled)", "{:.2f}"),
+    ("07", "nokl_proxy_reward", "... while its reward-model score rose to", "{:.2f}"),
+    ("08", "dpo_gold_reward", "gold reward after DPO", "{:.2f}"),
+    ("08", "dpo_over_ppo_time", "DPO / PPO wall-clock", "{:.2f}×"),
+    ("09", "cai_harmless_after", "harmlessness after Constitutional AI", "{:.2f}"),
+    ("10", "dpo_over_ppo_quality", "DPO / PPO gold reward (mean over seeds)", "{:.2f}"),
+]
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def headline_table(metrics_by_notebook):
+    """The README's results table, from recorded metrics ({notebook stem: {metric: value}})."""
+    lines = ["| notebook | measurement | value |", "|---|---|---|"]
+    for prefix, name, label, fmt in HEADLINE:
+        for stem, values in sorted(metrics_by_notebook.items()):
+            if stem.startswith(prefix) and isinstance(values.get(name), (int, float)):
+                lines.append(f"| {prefix} | {label} | {fmt.format(values[name])} |")
+    return "\n".join(lines)
+
+
+def update_readme(path, metrics_by_notebook):
+    """Rewrite the README's results section between its markers; returns True if it changed."""
+    text = Path(path).read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{path} has no {README_START} ... {README_END} section to fill")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    new = f"{head}{README_START}\n{headline_table(metrics_by_notebook)}\n{README_END}{tail}"
+    Path(path).write_text(new)
+    return new != text
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m course_lib.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("notebooks", nargs="*", help="notebooks to run (path, stem or number prefix); default: all")
@@ -161,6 +210,9 @@ def main(argv=None):
             nbformat.write(nb, str(path))
         rows.append({"notebook": path.stem, "seconds": seconds, "status": status, "metrics": report.load(path.stem)})
     _update_summary(rows)
+    if args.update:
+        stems = [p.stem for p in find_notebooks([])]
+        update_readme(NOTEBOOKS_DIR.parent / "README.md", {stem: report.load(stem) for stem in stems})
     print()
     print(format_table(rows))
     failed = [r["notebook"] for r in rows if r["status"] != "ok"]

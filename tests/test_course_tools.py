@@ -110,3 +110,17 @@ def test_notebook_conventions(path):
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors, "saved with an error output"
     assert "report.start(" in "".join(c.source for c in code), "records its metrics"
+
+
+def test_readme_results_come_from_recorded_metrics(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{run.README_START}\nSTALE\n{run.README_END}\noutro\n")
+    assert run.update_readme(readme, {"05_sft": {"sft_gold_reward": 1.4481}, "07_rlhf_ppo": {"ppo_gold_reward": 1.5}})
+    text = readme.read_text()
+    assert "| 05 | gold reward after SFT | 1.45 |" in text and "| 07 |" in text and "STALE" not in text
+    assert text.startswith("intro\n") and text.endswith("outro\n")
+    assert run.README_START in (REPO_ROOT / "README.md").read_text()
+    plain = tmp_path / "plain.md"
+    plain.write_text("no section\n")
+    with pytest.raises(ValueError, match="no <!-- results:start -->"):
+        run.update_readme(plain, {})
