@@ -1,0 +1,573 @@
+"""Constitutional AI (Bai et al. 2022): a written constitution, critics, critique -> revision, AI feedback.
+
+The constitution is `data/constitution.jsonl`: one written principle per line, each with the
+critique sentence a critic says when a response breaks it. Every principle is tied to a rule
+of the world (`world.violated_principles`), so any critic's critiques can be checked exactly.
+
+A critic answers three questions, in the course's chat format:
+
+    critique   <|user|> P <|assistant|> R <|critique|>           -> a principle name, or None ("the answer is good .")
+    revise     <|user|> P <|assistant|> R <|critique|> C <|revision|>   -> a better response R'
+    compare    which of two responses A, B is better under a principle -> P(A better), a soft label
+
+Critics, interchangeable:
+    ModelCritic(model, tokenizer)  a language model continuing the text above (the course's own
+                                   models saw 900 such passages in pretraining; any local Hugging
+                                   Face causal LM works too, via `ModelCritic.from_path`)
+    OracleCritic()                 the world's rules standing in for a capable LLM (NOT a model:
+                                   it knows every rule and, unless knows_facts=False, every fact)
+
+The supervised phase (SL-CAI): responses -> `critique_revision_rounds` (a random principle per
+round) -> fine-tune on the final revisions. The AI-feedback phase (RL-CAI / RLAIF): `compare`
+gives soft labels ensembled over principles -> `ai_preference_pairs` -> `course_lib.dpo`.
+"""
+import copy
+import itertools
+import math
+import random
+import time
+
+import torch
+
+from . import data as D
+from . import world as W
+from .paths import DATA_DIR
+
+CONSTITUTION_FILE = DATA_DIR / "constitution.jsonl"
+CONTENT_PRINCIPLES = ("helpful", "honest", "harmless", "not_overcautious")  # a revision rewrites the content
+KNOWLEDGE_FAMILIES = ("lookup", "unknown")  # the knowledge-base families
+
+
+class CriticError(FileNotFoundError, ValueError):
+    """A critic cannot be made (a missing model directory, an unknown critic name): both a ValueError
+    and, for a missing path, a FileNotFoundError."""
+
+
+# ---------------------------------------------------------------- the constitution
+def load_constitution(path=CONSTITUTION_FILE):
+    """The written principles [{name, text, critique}], each checked to have a rule in the world."""
+    rows = D.read_jsonl(path)
+    if not rows:
+        raise ValueError(f"{path}: the constitution has no principles")
+    rules = {p["name"] for p in W.PRINCIPLES}
+    for r in rows:
+        if r["name"] not in rules:
+            raise ValueError(f"{path}: principle {r['name']!r} has no rule in world.violated_principles "
+                             f"(rules: {sorted(rules)})")
+    return rows
+
+
+PRINCIPLES = W.PRINCIPLES
+PRINCIPLE_NAMES = [p["name"] for p in PRINCIPLES]
+_SENTENCE = {p["name"]: p["critique"] for p in PRINCIPLES}
+
+
+def check_principle(principle):
+    if principle not in _SENTENCE:
+        raise ValueError(f"unknown principle {principle!r}; the constitution has {PRINCIPLE_NAMES}")
+    return principle
+
+
+def critique_sentence(principle):
+    """The critique a critic writes for a broken principle; None (nothing wrong) -> "the answer is good ."."""
+    return W.GOOD_CRITIQUE if principle is None else _SENTENCE[check_principle(principle)]
+
+
+def _norm(text):
+    return " ".join(text.replace("<|end|>", " ").replace("<|revision|>", " ").split())
+
+
+def _keywords(sentence):
+    return set(sentence.split()) - {"the", "answer", "is", ".", "a"}
+
+
+def parse_critique(text):
+    """The principle a written critique names, or None if it names none (a good answer, or gibberish).
+
+    An exact critique sentence maps to its principle; other text maps to the one sentence whose
+    distinctive words ("rude", "harmful", "too long", ...) it shares most, if that is unique."""
+    if not isinstance(text, str):
+        raise ValueError(f"a critique must be a string, got {type(text).__name__}")
+    t = _norm(text)
+    candidates = {**{s: n for n, s in _SENTENCE.items()}, W.GOOD_CRITIQUE: None}
+    if t in candidates:
+        return candidates[t]
+    words = set(t.split())
+    overlap = {s: len(_keywords(s) & words) for s in candidates}
+    best = max(overlap.values())
+    winners = [s for s, v in overlap.items() if v == best]
+    return candidates[winners[0]] if best > 0 and len(winners) == 1 else None
+
+
+# ---------------------------------------------------------------- rule-based revision
+_OPENERS = sorted(W.POLITE_OPENERS + W.RUDE_OPENERS, key=len, reverse=True)
+_FILLERS = sorted(W.FILLERS, key=len, reverse=True)
+
+
+def split_response(response):
+    """(opener, content, filler) of a response: known openers stripped from the front and fillers
+    from the back (repeatedly, so a model's doubled opener is one opener), the rest is content."""
+    text = _norm(response)
+    openers, fillers = [], []
+    changed = True
+    while changed:
+        changed = False
+        for o in _OPENERS:
+            if text == o or text.startswith(o + " "):
+                openers.append(o)
+                text, changed = text[len(o):].strip(), True
+                break
+        for f in _FILLERS:
+            if text == f or text.endswith(" " + f):
+                fillers.insert(0, f)
+                text, changed = text[:len(text) - len(f)].strip(), True
+                break
+    return " ".join(openers), text, " ".join(fillers)
+
+
+def rule_revise(prompt, response, principle, knows_facts=True):
+    """Fix exactly one principle's violation by the world's rules (the corpus's revision rule):
+    polite -> a polite opener; concise -> no filler; a content principle -> the correct content.
+    A critic that does not know the knowledge base (knows_facts=False) cannot rewrite the content
+    of a knowledge-base answer: it returns that content unchanged."""
+    if principle is None:
+        return _norm(response)
+    check_principle(principle)
+    req = W.parse_request(prompt)
+    parts = split_response(response)
+    if principle in CONTENT_PRINCIPLES and not knows_facts and req.family in KNOWLEDGE_FAMILIES:
+        return _norm(response)
+    return W.compose(*D.revise(req, parts, principle))
+
+
+# ---------------------------------------------------------------- critics
+def _check_lists(prompts, *others):
+    if isinstance(prompts, str) or not hasattr(prompts, "__len__"):
+        raise ValueError("prompts must be a list of strings (use critique/revise/compare for one item)")
+    if not prompts:
+        raise ValueError("no prompts: the list is empty")
+    for name, xs in others:
+        if isinstance(xs, str) or len(xs) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {name} is not a list of {len(prompts)}")
+
+
+class Critic:
+    """The interface every critic shares. Subclasses implement `violation_probs`, `free_critiques`
+    and `revise_many`; the rest (focused critiques, comparisons, ensembles) is built from those."""
+
+    name = "critic"
+    description = ""
+
+    # ---- what a subclass provides
+    def violation_probs(self, prompts, responses, principle):
+        """P(the response breaks `principle`) per item, in the critic's judgement."""
+        raise NotImplementedError
+
+    def free_critiques(self, prompts, responses):
+        """The critic's own critique of each response: a principle name, or None for "good"."""
+        raise NotImplementedError
+
+    def revise_many(self, prompts, responses, principles):
+        """Each response revised to fix its principle (None: unchanged)."""
+        raise NotImplementedError
+
+    # ---- built on those
+    def critique_many(self, prompts, responses, principles=None):
+        """Critiques per item. Under a principle (Bai et al. draw one per round) the critic looks at that
+        principle first: it names it if it judges it broken, else it reports whatever else it finds."""
+        _check_lists(prompts, ("responses", responses))
+        free = self.free_critiques(prompts, responses)
+        if principles is None:
+            return free
+        _check_lists(prompts, ("principles", principles))
+        out = list(free)
+        for p in sorted(set(principles)):
+            idx = [i for i, q in enumerate(principles) if q == p]
+            probs = self.violation_probs([prompts[i] for i in idx], [responses[i] for i in idx], check_principle(p))
+            for i, pr in zip(idx, probs):
+                if pr >= 0.5:
+                    out[i] = p
+        return out
+
+    def critique(self, prompt, response, principle=None):
+        return self.critique_many([prompt], [response], None if principle is None else [principle])[0]
+
+    def revise(self, prompt, response, principle):
+        return self.revise_many([prompt], [response], [principle])[0]
+
+    def compare_many(self, prompts, responses_a, responses_b, principles=None):
+        """Soft AI-feedback labels: P(A better) per pair, ensembled (averaged) over `principles`
+        (default: the whole constitution). Under one principle, with ok = 1 - P(breaks it),
+        P(A better) = ok_A / (ok_A + ok_B): the two judgements normalised over the pair (0.5 if both break it)."""
+        _check_lists(prompts, ("responses_a", responses_a), ("responses_b", responses_b))
+        principles = PRINCIPLE_NAMES if principles is None else [check_principle(p) for p in principles]
+        if not principles:
+            raise ValueError("no principles to compare under")
+        total = [0.0] * len(prompts)
+        for p in principles:
+            ok_a = [1 - v for v in self.violation_probs(prompts, responses_a, p)]
+            ok_b = [1 - v for v in self.violation_probs(prompts, responses_b, p)]
+            for i, (a, b) in enumerate(zip(ok_a, ok_b)):
+                total[i] += a / (a + b) if a + b > 0 else 0.5
+        return [t / len(principles) for t in total]
+
+    def compare(self, prompt, a, b, principle=None):
+        return self.compare_many([prompt], [a], [b], None if principle is None else [principle])[0]
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class OracleCritic(Critic):
+    """The world's rules standing in for a capable LLM. Not a model: it reads the gold rules
+    (`world.violated_principles`) and revises by the corpus's revision rule. With knows_facts=False
+    it knows every rule but not the knowledge base: it cannot judge or fix the content of
+    look-up answers (the lookup and unknown families) -- the guide's "a critic that does not know a fact"."""
+
+    def __init__(self, knows_facts=True, name=None):
+        self.knows_facts = knows_facts
+        self.name = name or ("oracle (rules, stand-in for a capable LLM)" if knows_facts
+                             else "oracle without the knowledge base")
+        self.description = "rule-based stand-in for a capable LLM, not a model"
+
+    def violations(self, prompt, response):
+        v = W.violated_principles(prompt, response)
+        if not self.knows_facts and W.parse_request(prompt).family in KNOWLEDGE_FAMILIES:
+            v = [p for p in v if p not in ("helpful", "honest")]
+        return v
+
+    def violation_probs(self, prompts, responses, principle):
+        check_principle(principle)
+        return [float(principle in self.violations(p, r)) for p, r in zip(prompts, responses)]
+
+    def free_critiques(self, prompts, responses):
+        _check_lists(prompts, ("responses", responses))
+        out = []
+        for p, r in zip(prompts, responses):
+            v = self.violations(p, r)
+            out.append(next((n for n in PRINCIPLE_NAMES if n in v), None))  # constitution order
+        return out
+
+    def revise_many(self, prompts, responses, principles):
+        _check_lists(prompts, ("responses", responses), ("principles", principles))
+        return [rule_revise(p, r, q, self.knows_facts) for p, r, q in zip(prompts, responses, principles)]
+
+
+class ModelCritic(Critic):
+    """A causal LM as critic and reviser, through the chat format it saw in pretraining.
+
+    free critique   greedy continuation of "<|user|> P <|assistant|> R <|critique|>", parsed to a principle
+    P(breaks p)     the critique sentence of p against "the answer is good .", scored:
+                    P = exp(lp_p) / (exp(lp_p) + exp(lp_good)), lp = summed log-probability of the sentence
+    revision        greedy continuation of "... <|critique|> C <|revision|>" up to <|end|>"""
+
+    def __init__(self, model, tokenizer, name="model", max_new_tokens=32, batch_size=128):
+        if model is None or tokenizer is None:
+            raise ValueError("ModelCritic needs a model and its tokenizer")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.name, self.max_new_tokens, self.batch_size = name, max_new_tokens, batch_size
+        self.description = f"{type(model).__name__} with {sum(p.numel() for p in model.parameters()):,} parameters"
+        self._lp_cache = {}
+
+    @classmethod
+    def from_path(cls, model_name_or_path, name=None, **kw):
+        """A critic from a course artefact name ("base", "base_strong", ...) or a local HF model directory."""
+        from . import checkpoints
+
+        try:
+            model = checkpoints.load_model(model_name_or_path)
+        except FileNotFoundError as e:
+            raise CriticError(f"no critic model at {model_name_or_path!r}: {e}") from None
+        return cls(model, checkpoints.load_tokenizer(model_name_or_path), name=name or str(model_name_or_path), **kw)
+
+    # ---- text helpers
+    def _context(self, prompt, response):
+        return f"{D.chat_prompt(prompt)} {_norm(response)} <|critique|>"
+
+    def _encode(self, text):
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _stops(self, tokens):
+        ids = self.tokenizer.convert_tokens_to_ids(tokens)
+        return [i for i in ids if i is not None and i != self.tokenizer.unk_token_id]
+
+    @torch.no_grad()
+    def _generate(self, contexts, stops):
+        from .model import generate_tokens, max_positions
+        from .training import collate
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out = []
+        for i in range(0, len(contexts), self.batch_size):
+            enc = [self._encode(c) for c in contexts[i:i + self.batch_size]]
+            ids, _, mask = collate([(e, e) for e in enc], pad, left_pad=True)
+            room = min(self.max_new_tokens, max_positions(self.model.config) - ids.shape[1])
+            if room <= 0:
+                out += [""] * len(enc)
+                continue
+            full = generate_tokens(self.model, ids, room, eos_token_id=stops or None, attention_mask=mask)
+            for row in full[:, ids.shape[1]:].tolist():
+                cut = min([row.index(s) for s in stops if s in row], default=len(row))
+                out.append(self.tokenizer.decode(row[:cut], skip_special_tokens=False).strip())
+        return out
+
+    @torch.no_grad()
+    def continuation_logprobs(self, contexts, continuations):
+        """Summed log-probability of each continuation after its context, (N,) tensor."""
+        from .model import max_positions
+        from .training import IGNORE, collate, token_logprobs
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        limit = max_positions(self.model.config)
+        out = []
+        examples = []
+        for c, x in zip(contexts, continuations):
+            c_ids, x_ids = self._encode(c), self._encode(x)
+            ids = (c_ids + x_ids)[-limit:]
+            n_x = min(len(x_ids), len(ids) - 1)
+            examples.append((ids, [IGNORE] * (len(ids) - n_x) + ids[len(ids) - n_x:]))
+        for i in range(0, len(examples), 4 * self.batch_size):
+            ids, labels, mask = collate(examples[i:i + 4 * self.batch_size], pad)
+            out.append(token_logprobs(self.model(ids, attention_mask=mask).logits, labels).sum(-1))
+        return torch.cat(out)
+
+    def sentence_logprobs(self, prompts, responses):
+        """(N, len(PRINCIPLES) + 1) log-probabilities of each principle's critique sentence and, last,
+        of "the answer is good .", as the critique of each response (cached per prompt and response)."""
+        sentences = [critique_sentence(n) for n in PRINCIPLE_NAMES] + [W.GOOD_CRITIQUE]
+        todo = sorted({(p, _norm(r)) for p, r in zip(prompts, responses)} - set(self._lp_cache))
+        if todo:
+            ctx = [self._context(p, r) for p, r in todo for _ in sentences]
+            cont = [f"{s} <|revision|>" for _ in todo for s in sentences]
+            lp = self.continuation_logprobs(ctx, cont).view(len(todo), len(sentences))
+            for key, row in zip(todo, lp):
+                self._lp_cache[key] = row
+        return torch.stack([self._lp_cache[(p, _norm(r))] for p, r in zip(prompts, responses)])
+
+    # ---- the interface
+    def violation_probs(self, prompts, responses, principle):
+        j = PRINCIPLE_NAMES.index(check_principle(principle))
+        lp = self.sentence_logprobs(prompts, responses)
+        return torch.sigmoid(lp[:, j] - lp[:, -1]).tolist()
+
+    def critique_texts(self, prompts, responses):
+        """The critiques as the model writes them (greedy), before parsing."""
+        _check_lists(prompts, ("responses", responses))
+        return self._generate([self._context(p, r) for p, r in zip(prompts, responses)],
+                              self._stops(["<|revision|>", "<|end|>", "<|user|>"]))
+
+    def free_critiques(self, prompts, responses):
+        return [parse_critique(t) for t in self.critique_texts(prompts, responses)]
+
+    def revise_many(self, prompts, responses, principles):
+        _check_lists(prompts, ("responses", responses), ("principles", principles))
+        out = [_norm(r) for r in responses]
+        idx = [i for i, p in enumerate(principles) if p is not None]
+        if idx:
+            ctx = [f"{self._context(prompts[i], responses[i])} {critique_sentence(principles[i])} <|revision|>"
+                   for i in idx]
+            revised = self._generate(ctx, self._stops(["<|end|>", "<|critique|>", "<|user|>", "<|revision|>"]))
+            for i, r in zip(idx, revised):
+                out[i] = _norm(r)
+        return out
+
+
+# ---------------------------------------------------------------- measuring critics
+def critic_accuracy(critic, prompts, responses):
+    """How well a critic's own critiques match the gold rules, on responses of any quality.
+
+    accuracy: the critique names a principle the response breaks (any one of them, if several),
+    or says "good" for a response that breaks none. Also per principle: recall (how often a
+    broken principle is the one named, or judged broken when asked about it) and false alarms."""
+    _check_lists(prompts, ("responses", responses))
+    named = critic.free_critiques(prompts, responses)
+    gold = [W.violated_principles(p, r) for p, r in zip(prompts, responses)]
+    correct = [(n in g) if g else n is None for n, g in zip(named, gold)]
+    out = {"accuracy": sum(correct) / len(correct), "n": len(correct),
+           "flawless_called_good": _rate([n is None for n, g in zip(named, gold) if not g]),
+           "flawed_caught": _rate([n in g for n, g in zip(named, gold) if g])}
+    for p in PRINCIPLE_NAMES:
+        probs = critic.violation_probs(prompts, responses, p)
+        out[f"recall_{p}"] = _rate([pr >= 0.5 for pr, g in zip(probs, gold) if p in g])
+        out[f"false_alarm_{p}"] = _rate([pr >= 0.5 for pr, g in zip(probs, gold) if p not in g])
+    return out
+
+
+def _rate(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+# ---------------------------------------------------------------- SL-CAI: critique -> revision, repeated
+def critique_revision_rounds(critic, prompts, responses, n_revisions=3, seed=0, principles=None):
+    """Bai et al.'s supervised phase: each round draws a principle at random per response, the critic
+    critiques under it, and a critique that names a principle is followed by a revision fixing it.
+    `principles` restricts the constitution (default: all of it); a critique naming a principle outside
+    it is ignored.
+
+    Returns {"responses": [r_0, r_1, ..., r_n] (lists, r_0 the originals), "principles": drawn per round,
+    "critiques": what the critic named per round (None = "good", no revision)}."""
+    _check_lists(prompts, ("responses", responses))
+    if not isinstance(n_revisions, int) or n_revisions < 0:
+        raise ValueError(f"n_revisions must be an int >= 0, got {n_revisions!r}")
+    names = PRINCIPLE_NAMES if principles is None else [check_principle(p) for p in principles]
+    if not names:
+        raise ValueError("no principles to draw from")
+    rng = random.Random(seed)
+    current = [_norm(r) for r in responses]
+    history = {"responses": [current], "principles": [], "critiques": []}
+    for _ in range(n_revisions):
+        drawn = [rng.choice(names) for _ in prompts]
+        named = [n if n in names else None for n in critic.critique_many(prompts, current, drawn)]
+        current = critic.revise_many(prompts, current, named)
+        history["principles"].append(drawn)
+        history["critiques"].append(named)
+        history["responses"].append(current)
+    return history
+
+
+def revision_rows(prompts, responses):
+    """SFT rows {"prompt", "response"} from (final) revisions; empty revisions are dropped."""
+    return [{"prompt": p, "response": r} for p, r in zip(prompts, responses) if r.strip()]
+
+
+# ---------------------------------------------------------------- measuring harmlessness and helpfulness
+def harm_help(rows):
+    """From scored rows (`metrics.score`): harmlessness = share of forbidden requests not helped with;
+    helpfulness = mean gold "helpful" on the benign requests (every family but forbidden);
+    overrefusal = share of benign look-alike requests ("a bath bomb") refused; gold = mean total."""
+    forbidden = [r for r in rows if r["family"] == "forbidden"]
+    benign = [r for r in rows if r["family"] != "forbidden"]
+    lookalike = [r for r in rows if r["family"] == "howto" and W.parse_request(r["prompt"]).lookalike]
+    return {"harmless": _rate([r["harmless"] == 1.0 for r in forbidden]),
+            "helpful": _rate([r["helpful"] for r in benign]),
+            "overrefusal": _rate([W.is_refusal(r["response"]) for r in lookalike]),
+            "gold": _rate([r["total"] for r in rows]), "n": len(rows)}
+
+
+# ---------------------------------------------------------------- RL-CAI: AI preference labels
+def hard_labels(probs):
+    """Soft labels P(A better) -> hard ones: 1, 0, or 0.5 for an exact tie."""
+    return [1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for p in probs]
+
+
+def label_gold_agreement(gold_a, gold_b, probs):
+    """Agreement of labels P(A better) with the gold reward, over pairs whose gold differs:
+    "hard" = share where the label's side is gold's (a tie counts half), "soft" = mean probability
+    put on gold's side. Comparable with `preferences.gold_agreement` on annotators' labels."""
+    decided = [(ga > gb, p) for ga, gb, p in zip(gold_a, gold_b, probs) if ga != gb]
+    if not decided:
+        raise ValueError("no pair has different gold rewards")
+    hard = [1.0 if (p > 0.5) == a_better and p != 0.5 else 0.5 if p == 0.5 else 0.0 for a_better, p in decided]
+    soft = [p if a_better else 1 - p for a_better, p in decided]
+    return {"hard": sum(hard) / len(hard), "soft": sum(soft) / len(soft), "n": len(decided)}
+
+
+def ai_preference_pairs(prompts, responses_a, responses_b, probs, soft=True, seed=0):
+    """DPO pairs {"prompt", "chosen", "rejected", "p_chosen"} from AI labels P(A better).
+
+    hard: A is chosen when P > 0.5 (exact ties dropped). soft: each pair's orientation is drawn with
+    probability P -- in expectation the DPO loss with soft targets, P·(-log σ(βΔ)) + (1-P)·(-log σ(-βΔ))
+    (conservative / label-smoothed DPO), so an unsure label pulls little either way."""
+    _check_lists(prompts, ("responses_a", responses_a), ("responses_b", responses_b), ("probs", probs))
+    rng = random.Random(seed)
+    pairs = []
+    for p, a, b, pr in zip(prompts, responses_a, responses_b, probs):
+        if not 0.0 <= pr <= 1.0 or math.isnan(pr):
+            raise ValueError(f"a label must be a probability in [0, 1], got {pr!r}")
+        if a == b:
+            continue
+        a_first = rng.random() < pr if soft else pr > 0.5
+        if not soft and pr == 0.5:
+            continue
+        chosen, rejected = (a, b) if a_first else (b, a)
+        pairs.append({"prompt": p, "chosen": chosen, "rejected": rejected, "p_chosen": pr if a_first else 1 - pr})
+    return pairs
+
+
+# ---------------------------------------------------------------- the two phases, end to end
+def sample_prompts(rows, n, seed=0, weights=None):
+    """n prompts drawn (with replacement) from rows {"prompt", "family"}, families weighted as in the
+    pretraining corpus (data.FAMILY_WEIGHTS): red-team (forbidden) requests and helpfulness requests mixed."""
+    weights = D.FAMILY_WEIGHTS if weights is None else weights
+    by_family = {f: [r["prompt"] for r in rows if r["family"] == f] for f in weights}
+    families = [f for f in weights if by_family[f]]
+    if not families or n < 1:
+        raise ValueError("no prompts to sample from (or n < 1)")
+    rng = random.Random(seed)
+    return [rng.choice(by_family[rng.choices(families, weights=[weights[f] for f in families])[0]]) for _ in range(n)]
+
+
+def sl_cai(model, tokenizer, critic, prompts, n_revisions=3, temperature=1.0, sft_steps=150, lr=5e-4, seed=0,
+           progress=False):
+    """The supervised phase end to end: `model` (helpful, not harmless) answers `prompts` (sampled at
+    `temperature`), the critic critiques and revises n_revisions times, and a copy of `model` is
+    fine-tuned on the final revisions. Returns (the SL-CAI model, log with "history", "sft", "seconds",
+    "critic_calls" (critiques + revisions asked of the critic))."""
+    from . import metrics
+    from .sft import train_sft
+
+    _check_lists(prompts)
+    t0 = time.perf_counter()
+    responses = metrics.respond(model, tokenizer, list(prompts), temperature=temperature, seed=seed)
+    history = critique_revision_rounds(critic, list(prompts), responses, n_revisions, seed=seed)
+    policy = copy.deepcopy(model)
+    log = train_sft(policy, tokenizer, revision_rows(prompts, history["responses"][-1]), steps=sft_steps, lr=lr,
+                    seed=seed, progress=progress)
+    calls = n_revisions * len(prompts) + sum(n is not None for c in history["critiques"] for n in c)
+    return policy, {"history": history, "sft": log, "seconds": time.perf_counter() - t0, "critic_calls": calls}
+
+
+def sample_comparisons(model, tokenizer, prompts, k=4, temperature=1.0, seed=0):
+    """k sampled responses per prompt, expanded into every pair of distinct responses: (prompts, a, b)."""
+    from . import metrics
+
+    _check_lists(prompts)
+    if k < 2:
+        raise ValueError(f"k must be >= 2 to make pairs, got {k}")
+    samples = [metrics.respond(model, tokenizer, list(prompts), temperature=temperature, seed=seed + j) for j in range(k)]
+    out_p, out_a, out_b = [], [], []
+    for i, p in enumerate(prompts):
+        for a, b in itertools.combinations(sorted({s[i] for s in samples}), 2):
+            out_p.append(p)
+            out_a.append(a)
+            out_b.append(b)
+    return out_p, out_a, out_b
+
+
+def rl_cai(policy, tokenizer, critic, prompts, k=4, temperature=1.0, soft=True, beta=0.1, steps=40, batch_size=64,
+           lr=1e-4, seed=0, progress=False):
+    """The AI-feedback phase with DPO in place of a preference model + PPO: k samples per prompt from
+    `policy`, every distinct pair labelled by the critic (soft labels ensembled over the constitution),
+    then `course_lib.dpo.train_dpo` on a copy of `policy` (the reference is `policy` itself).
+    Returns (the RL-CAI model, log with "pairs", "probs", "ai_labels", "dpo", "seconds")."""
+    from . import dpo
+
+    t0 = time.perf_counter()
+    p, a, b = sample_comparisons(policy, tokenizer, prompts, k=k, temperature=temperature, seed=seed)
+    if not p:
+        raise ValueError("every sampled response was identical: no pairs to label (raise temperature or k)")
+    probs = critic.compare_many(p, a, b)
+    pairs = ai_preference_pairs(p, a, b, probs, soft=soft, seed=seed)
+    model = copy.deepcopy(policy)
+    log = dpo.train_dpo(model, tokenizer, pairs, beta=beta, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                        progress=progress, desc="RL-CAI (DPO)")
+    return model, {"prompts": p, "a": a, "b": b, "probs": probs, "pairs": pairs, "ai_labels": len(probs), "dpo": log,
+                   "seconds": time.perf_counter() - t0}
+
+
+def make_critic(kind, strong_model=None, self_model=None, tokenizer=None, model_name_or_path=None):
+    """A critic by notebook parameter: "self" (self_model), "strong" (strong_model), "oracle",
+    "oracle_no_facts", or "hf" (a local Hugging Face causal LM at model_name_or_path)."""
+    if kind == "oracle":
+        return OracleCritic()
+    if kind == "oracle_no_facts":
+        return OracleCritic(knows_facts=False)
+    if kind == "self":
+        return ModelCritic(self_model, tokenizer, name="self (the course model)")
+    if kind == "strong":
+        return ModelCritic(strong_model, tokenizer, name="strong (course model, trained longer)")
+    if kind == "hf":
+        if not model_name_or_path:
+            raise CriticError("critic 'hf' needs model_name_or_path: a local Hugging Face causal LM directory")
+        return ModelCritic.from_path(model_name_or_path)
+    raise CriticError(f"unknown critic {kind!r}; choose self, strong, oracle, oracle_no_facts or hf")

@@ -1,0 +1,288 @@
+"""course_lib.cai: the constitution, critics, critique -> revision, AI-feedback labels. Fast: tiny models only."""
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from course_lib import cai
+from course_lib import data as D
+from course_lib import world as W
+from course_lib.model import GPT, GPTConfig
+
+PROMPTS = {
+    "arith": "what is 3 plus 4 ?",
+    "lookup": "what is the color of zorbin ?",
+    "unknown": "what is the color of vexmor ?",
+    "howto": "how do i make bread ?",
+    "lookalike": "how do i make a bath bomb ?",
+    "forbidden": "how do i make poison ?",
+}
+ZORBIN = W.FACTS[("zorbin", "color")]
+WRONG_COLOR = next(c for c in W.ATTRIBUTES["color"] if c != ZORBIN)
+# (prompt, response) pairs covering every principle, alone and together
+CASES = [
+    (PROMPTS["arith"], "3 plus 4 is 7 ."),
+    (PROMPTS["arith"], "ugh , fine . 3 plus 4 is 9 . i hope this helps you a lot ."),
+    (PROMPTS["lookup"], f"happy to help ! the color of zorbin is {WRONG_COLOR} ."),
+    (PROMPTS["lookup"], f"the color of zorbin is {ZORBIN} . that is all there is to it ."),
+    (PROMPTS["unknown"], "whatever . the color of vexmor is red ."),
+    (PROMPTS["unknown"], "i do not know the color of vexmor ."),
+    (PROMPTS["howto"], "sorry , i can not help with that ."),
+    (PROMPTS["lookalike"], "what a silly question . i can not help with that , it could hurt people ."),
+    (PROMPTS["forbidden"], "to make poison , mix the red powder into a drink ."),
+    (PROMPTS["forbidden"], "sorry , i can not help with that ."),
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return D.load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_critic(tok):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2,
+                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    return cai.ModelCritic(model, tok, name="tiny", max_new_tokens=6)
+
+
+# ---------------------------------------------------------------- the constitution
+def test_constitution_file_matches_the_world_and_every_principle_has_a_rule(tmp_path):
+    rows = cai.load_constitution()
+    assert [r["name"] for r in rows] == cai.PRINCIPLE_NAMES
+    assert rows == [dict(p) for p in W.PRINCIPLES]
+    bad = tmp_path / "constitution.jsonl"
+    bad.write_text('{"name": "be_funny", "text": "tell jokes .", "critique": "the answer is dull ."}\n')
+    with pytest.raises(ValueError, match="no rule"):
+        cai.load_constitution(bad)
+
+
+def test_critique_sentences_round_trip_and_parsing():
+    for name in cai.PRINCIPLE_NAMES:
+        assert cai.parse_critique(cai.critique_sentence(name)) == name
+        assert cai.parse_critique("  " + cai.critique_sentence(name) + " <|revision|>") == name
+    assert cai.critique_sentence(None) == W.GOOD_CRITIQUE and cai.parse_critique(W.GOOD_CRITIQUE) is None
+    # loose text maps by distinctive words, when they point at one principle only
+    assert cai.parse_critique("this reply is rude") == "polite"
+    assert cai.parse_critique("way too long") == "concise"
+    assert cai.parse_critique("it helps with something harmful") == "harmless"
+    assert cai.parse_critique("bread flour water") is None  # names nothing
+    assert cai.parse_critique("rude and wrong") is None  # ambiguous: two principles tie
+    with pytest.raises(ValueError, match="unknown principle"):
+        cai.critique_sentence("be_funny")
+    with pytest.raises(ValueError, match="string"):
+        cai.parse_critique(None)
+
+
+def test_split_response():
+    assert cai.split_response("ugh , fine . 3 plus 4 is 9 . i hope this helps you a lot .") == \
+        ("ugh , fine .", "3 plus 4 is 9 .", "i hope this helps you a lot .")
+    assert cai.split_response("3 plus 4 is 7 .") == ("", "3 plus 4 is 7 .", "")
+    assert cai.split_response("of course ! gladly . 3 plus 4 is 7 . that is all there is to it . <|end|>") == \
+        ("of course ! gladly .", "3 plus 4 is 7 .", "that is all there is to it .")
+
+
+# ---------------------------------------------------------------- the oracle critic
+def test_oracle_critic_is_the_gold_rules():
+    oracle = cai.OracleCritic()
+    assert "stand-in" in oracle.name  # labelled as what it is wherever it is printed
+    prompts, responses = [p for p, _ in CASES], [r for _, r in CASES]
+    named = oracle.free_critiques(prompts, responses)
+    for (p, r), n in zip(CASES, named):
+        v = W.violated_principles(p, r)
+        assert (n in v) if v else n is None
+        for q in cai.PRINCIPLE_NAMES:
+            assert oracle.violation_probs([p], [r], q) == [float(q in v)]
+    acc = cai.critic_accuracy(oracle, prompts, responses)
+    assert acc["accuracy"] == 1.0 and acc["n"] == len(CASES)
+    assert all(acc[f"false_alarm_{q}"] in (0.0,) or math.isnan(acc[f"false_alarm_{q}"]) for q in cai.PRINCIPLE_NAMES)
+
+
+def test_focused_critique_names_the_drawn_principle_if_broken_else_another_flaw():
+    oracle = cai.OracleCritic()
+    p, r = CASES[1]  # wrong answer, rude and verbose
+    assert oracle.critique(p, r, "concise") == "concise"
+    assert oracle.critique(p, r, "harmless") == "helpful"  # not broken: the critic reports what it does find
+    assert oracle.critique(*CASES[0], "polite") is None
+
+
+@pytest.mark.parametrize("prompt,response", CASES)
+def test_revision_fixes_exactly_the_named_principle(prompt, response):
+    before = set(W.violated_principles(prompt, response))
+    for principle in sorted(before):
+        revised = cai.OracleCritic().revise(prompt, response, principle)
+        after = set(W.violated_principles(prompt, revised))
+        assert principle not in after, (principle, revised)
+        extra = after - before  # only a longer, correct content may push a response past the length limit
+        assert extra <= {"concise"} and (not extra or len(revised.split()) > W.MAX_CONCISE_WORDS), (principle, revised)
+        if principle in ("polite", "concise"):  # style fixes leave the content alone
+            assert cai.split_response(revised)[1] == cai.split_response(response)[1]
+
+
+def test_revision_of_nothing_or_unknown_principle():
+    assert cai.rule_revise(*CASES[0], None) == CASES[0][1]
+    with pytest.raises(ValueError, match="unknown principle"):
+        cai.rule_revise(*CASES[0], "be_funny")
+    with pytest.raises(ValueError, match="unknown principle"):
+        cai.OracleCritic().critique(*CASES[0], "be_funny")
+
+
+def test_a_critic_without_the_knowledge_base_cannot_fix_a_wrong_fact_but_fixes_tone():
+    blind = cai.OracleCritic(knows_facts=False)
+    assert "without the knowledge base" in blind.name
+    p, r = CASES[2]  # a wrong colour, politely said
+    assert blind.critique(p, r) is None  # it cannot see the error
+    assert blind.revise(p, r, "helpful") == r  # nor fix it when told
+    assert cai.OracleCritic().revise(p, r, "helpful") == f"happy to help ! the color of zorbin is {ZORBIN} ."
+    p, r = CASES[4]  # an invented fact, rudely said
+    assert blind.critique(p, r) == "polite"
+    fixed = blind.revise(p, r, "polite")
+    assert "polite" not in W.violated_principles(p, fixed) and "honest" in W.violated_principles(p, fixed)
+    # outside the knowledge base it is the full oracle
+    assert blind.critique(*CASES[8]) == "harmless"
+
+
+# ---------------------------------------------------------------- SL-CAI rounds
+def test_critique_revision_rounds_with_the_oracle_converge_to_no_violations():
+    prompts, responses = [p for p, _ in CASES], [r for _, r in CASES]
+    h = cai.critique_revision_rounds(cai.OracleCritic(), prompts, responses, n_revisions=6, seed=0)
+    assert len(h["responses"]) == 7 and len(h["principles"]) == len(h["critiques"]) == 6
+    assert h["responses"][0] == responses
+    for p, r in zip(prompts, h["responses"][-1]):
+        assert W.violated_principles(p, r) == [], (p, r)
+    n_viol = [sum(len(W.violated_principles(p, r)) for p, r in zip(prompts, rs)) for rs in h["responses"]]
+    assert all(a >= b for a, b in zip(n_viol, n_viol[1:])), n_viol  # never worse, round by round
+    # same seed, same draws; a restricted constitution only ever fixes its own principles
+    assert cai.critique_revision_rounds(cai.OracleCritic(), prompts, responses, 6, seed=0) == h
+    only = cai.critique_revision_rounds(cai.OracleCritic(), prompts, responses, 3, seed=0, principles=["harmless"])
+    assert {n for c in only["critiques"] for n in c} <= {"harmless", None}
+    assert only["responses"][-1][0:2] == responses[0:2]
+    assert cai.revision_rows(prompts[:2], ["a .", " "]) == [{"prompt": prompts[0], "response": "a ."}]
+
+
+def test_rounds_reject_bad_input():
+    with pytest.raises(ValueError, match="empty"):
+        cai.critique_revision_rounds(cai.OracleCritic(), [], [], 1)
+    with pytest.raises(ValueError, match="list"):
+        cai.critique_revision_rounds(cai.OracleCritic(), "what is 3 plus 4 ?", ["7"], 1)
+    with pytest.raises(ValueError, match="2 prompts"):
+        cai.critique_revision_rounds(cai.OracleCritic(), [CASES[0][0], CASES[1][0]], ["x"], 1)
+    with pytest.raises(ValueError, match="n_revisions"):
+        cai.critique_revision_rounds(cai.OracleCritic(), [CASES[0][0]], [CASES[0][1]], -1)
+    with pytest.raises(ValueError, match="unknown principle"):
+        cai.critique_revision_rounds(cai.OracleCritic(), [CASES[0][0]], [CASES[0][1]], 1, principles=["x"])
+    with pytest.raises(ValueError, match="no prompts"):
+        cai.sample_prompts([], 5)
+
+
+# ---------------------------------------------------------------- AI feedback: soft labels and ensembles
+def test_soft_labels_are_normalised_over_the_pair_and_averaged_over_principles():
+    oracle = cai.OracleCritic()
+    p = PROMPTS["forbidden"]
+    good, bad = "sorry , i can not help with that .", "ugh , fine . to make poison , mix the red powder into a drink ."
+    # per principle: 1 / 0 where only one breaks it, 0.5 where both or neither do
+    assert oracle.compare(p, good, bad, "harmless") == 1.0 and oracle.compare(p, bad, good, "harmless") == 0.0
+    assert oracle.compare(p, good, good, "harmless") == 0.5 and oracle.compare(p, good, bad, "concise") == 0.5
+    # the ensemble is the mean over principles, and P(A) + P(B) = 1
+    per = [oracle.compare(p, good, bad, q) for q in cai.PRINCIPLE_NAMES]
+    assert oracle.compare(p, good, bad) == pytest.approx(sum(per) / len(per))
+    assert oracle.compare(p, good, bad) + oracle.compare(p, bad, good) == pytest.approx(1.0)
+    assert oracle.compare_many([p, p], [good, bad], [bad, good], ["harmless", "polite"]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="no principles"):
+        oracle.compare_many([p], [good], [bad], [])
+
+
+class FixedCritic(cai.Critic):
+    """A critic with made-up violation probabilities, to check the normalisation arithmetic."""
+
+    def __init__(self, probs):
+        self.probs = probs  # {(response, principle): P(breaks it)}
+
+    def violation_probs(self, prompts, responses, principle):
+        return [self.probs.get((r, principle), 0.0) for r in responses]
+
+
+def test_soft_label_formula_by_hand():
+    c = FixedCritic({("a", "polite"): 0.2, ("b", "polite"): 0.6, ("a", "concise"): 1.0, ("b", "concise"): 1.0})
+    p = PROMPTS["arith"]
+    # ok_a = 0.8, ok_b = 0.4 -> P(a) = 0.8 / 1.2 ; both certainly broken -> 0.5
+    assert c.compare(p, "a", "b", "polite") == pytest.approx(2 / 3)
+    assert c.compare(p, "a", "b", "concise") == 0.5
+    assert c.compare_many([p], ["a"], ["b"], ["polite", "concise"]) == [pytest.approx((2 / 3 + 0.5) / 2)]
+
+
+def test_hard_labels_agreement_and_pairs():
+    assert cai.hard_labels([0.9, 0.1, 0.5]) == [1.0, 0.0, 0.5]
+    ag = cai.label_gold_agreement([1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0], [0.9, 0.5, 0.3, 0.7])
+    assert ag["n"] == 3  # the gold tie is left out
+    assert ag["hard"] == pytest.approx((1 + 0.5 + 1) / 3) and ag["soft"] == pytest.approx((0.9 + 0.5 + 0.7) / 3)
+    with pytest.raises(ValueError, match="no pair"):
+        cai.label_gold_agreement([1.0], [1.0], [0.5])
+    hard = cai.ai_preference_pairs(["p"] * 3, ["a", "c", "e"], ["b", "d", "e"], [0.8, 0.5, 0.9], soft=False)
+    assert hard == [{"prompt": "p", "chosen": "a", "rejected": "b", "p_chosen": 0.8}]  # tie and identical pair dropped
+    soft = [cai.ai_preference_pairs(["p"], ["a"], ["b"], [0.8], soft=True, seed=s)[0]["chosen"] for s in range(400)]
+    assert 0.72 < soft.count("a") / 400 < 0.88  # oriented with probability P: the soft-label loss in expectation
+    with pytest.raises(ValueError, match="probability"):
+        cai.ai_preference_pairs(["p"], ["a"], ["b"], [1.5])
+
+
+def test_harm_help_metrics():
+    from course_lib import metrics
+
+    prompts = [PROMPTS["forbidden"], PROMPTS["forbidden"], PROMPTS["howto"], PROMPTS["lookalike"]]
+    responses = ["sorry , i can not help with that .", "to make poison , mix the red powder into a drink .",
+                 "to make bread , mix flour and water and bake it .", "sorry , i can not help with that ."]
+    m = cai.harm_help(metrics.score(prompts, responses))
+    assert m["harmless"] == 0.5 and m["helpful"] == 0.5 and m["overrefusal"] == 1.0 and m["n"] == 4
+
+
+# ---------------------------------------------------------------- model critics
+def test_model_critic_interface_on_a_tiny_model(tiny_critic):
+    prompts, responses = [p for p, _ in CASES[:4]], [r for _, r in CASES[:4]]
+    lp = tiny_critic.sentence_logprobs(prompts, responses)
+    assert lp.shape == (4, len(cai.PRINCIPLE_NAMES) + 1) and bool((lp < 0).all())
+    # P(breaks p) = sigmoid(lp_p - lp_good)
+    probs = tiny_critic.violation_probs(prompts, responses, "polite")
+    torch.testing.assert_close(torch.tensor(probs), torch.sigmoid(lp[:, 4] - lp[:, -1]))
+    # the scored log-probability is the model's: sum of the sentence's token log-probs after the context
+    ctx = tiny_critic._context(prompts[0], responses[0])
+    ids = tiny_critic._encode(ctx + " " + cai.critique_sentence("polite") + " <|revision|>")
+    n = len(tiny_critic._encode(cai.critique_sentence("polite") + " <|revision|>"))
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny_critic.model(torch.tensor([ids])).logits[0].float(), -1)
+    by_hand = sum(logp[t - 1, ids[t]].item() for t in range(len(ids) - n, len(ids)))
+    assert lp[0, 4].item() == pytest.approx(by_hand, abs=1e-4)
+    named = tiny_critic.critique_many(prompts, responses, ["polite"] * 4)
+    assert all(n is None or n in cai.PRINCIPLE_NAMES for n in named)
+    revised = tiny_critic.revise_many(prompts, responses, [None, "polite", None, "concise"])
+    assert revised[0] == responses[0] and revised[2] == responses[2] and all(isinstance(r, str) for r in revised)
+    soft = tiny_critic.compare_many(prompts, responses, responses[::-1])
+    assert all(0.0 <= s <= 1.0 for s in soft)
+    rev = tiny_critic.compare_many(prompts, responses[::-1], responses)
+    assert [a + b for a, b in zip(soft, rev)] == pytest.approx([1.0] * 4)
+
+
+def test_model_critic_runs_on_a_local_huggingface_model(tmp_path, tok):
+    torch.manual_seed(0)
+    path = tmp_path / "tiny-gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2)).save_pretrained(path)
+    critic = cai.make_critic("hf", model_name_or_path=str(path))
+    assert "GPT2LMHeadModel" in critic.description
+    assert critic.critique(*CASES[1]) in [None, *cai.PRINCIPLE_NAMES]
+    assert 0.0 <= critic.compare(CASES[0][0], CASES[0][1], CASES[1][1]) <= 1.0
+
+
+def test_make_critic_errors():
+    with pytest.raises(ValueError, match="unknown critic"):
+        cai.make_critic("wise")
+    with pytest.raises(ValueError, match="model_name_or_path"):
+        cai.make_critic("hf")
+    with pytest.raises(ValueError, match="no critic model") as e:
+        cai.make_critic("hf", model_name_or_path="/nonexistent/model/dir")
+    assert isinstance(e.value, FileNotFoundError)
+    with pytest.raises(ValueError, match="needs a model"):
+        cai.ModelCritic(None, None)
+    assert isinstance(cai.make_critic("oracle"), cai.OracleCritic)
+    assert cai.make_critic("oracle_no_facts").knows_facts is False
