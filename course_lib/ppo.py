@@ -181,7 +181,8 @@ def train_ppo(policy, ref, reward_fn, value_model, tokenizer, prompts, cfg=PPOCo
     """Optimise `policy` in place. reward_fn(prompts, responses) -> (B,) scores (the reward model).
 
     Returns a log: per iteration the mean proxy reward, gold reward, KL (k1 summed per response),
-    beta, losses, clip fraction, response length; and eval_fn(policy) results every eval_every."""
+    beta, losses, clip fraction, response length; eval_fn(policy) results every eval_every; and
+    "seconds", the training wall-clock without the time spent in eval_fn."""
     if not prompts:
         raise ValueError("no prompts to train on")
     rng = random.Random(cfg.seed)
@@ -203,6 +204,7 @@ def train_ppo(policy, ref, reward_fn, value_model, tokenizer, prompts, cfg=PPOCo
 
         bar = tqdm(total=cfg.iterations, desc=f"PPO beta={cfg.beta}", leave=False)
     t0 = time.perf_counter()
+    eval_seconds = 0.0
     for it in range(cfg.iterations):
         batch_prompts = rng.sample(prompts, cfg.batch_size)
         policy.eval()
@@ -258,14 +260,16 @@ def train_ppo(policy, ref, reward_fn, value_model, tokenizer, prompts, cfg=PPOCo
             bar.set_postfix(proxy=f"{log['proxy'][-1]:.2f}", gold=f"{log['gold'][-1]:.2f}", kl=f"{seq_kl:.2f}")
         if eval_fn is not None and eval_every and ((it + 1) % eval_every == 0 or it + 1 == cfg.iterations):
             policy.eval()
+            te = time.perf_counter()
             log["evals"].append((it + 1, eval_fn(policy)))
+            eval_seconds += time.perf_counter() - te
     if bar is not None:
         bar.close()
     policy.eval()
     value_model.eval()
     for p in value_model.parameters():
         p.requires_grad_(False)
-    log["seconds"] = time.perf_counter() - t0
+    log["seconds"] = time.perf_counter() - t0 - eval_seconds
     return log
 
 
