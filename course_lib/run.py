@@ -154,7 +154,12 @@ HEADLINE = [  # (notebook stem prefix, metric, what it says, format)
     ("08", "dpo_gold_reward", "gold reward after DPO", "{:.2f}"),
     ("08", "dpo_over_ppo_time", "DPO / PPO wall-clock", "{:.2f}×"),
     ("09", "cai_harmless_after", "harmlessness after Constitutional AI", "{:.2f}"),
+    ("10", "sft_gold_reward_mean", "gold reward, SFT (mean of 3 seeds)", "{:.2f}"),
+    ("10", "ppo_gold_reward_mean", "gold reward, RLHF with PPO (mean of 3 seeds)", "{:.2f}"),
+    ("10", "dpo_gold_reward_mean", "gold reward, DPO (mean of 3 seeds)", "{:.2f}"),
+    ("10", "cai_gold_reward_mean", "gold reward, Constitutional AI with the course's strong critic (mean of 3 seeds)", "{:.2f}"),
     ("10", "dpo_over_ppo_quality", "DPO / PPO gold reward (mean over seeds)", "{:.2f}"),
+    ("10", "dpo_over_ppo_time", "DPO / PPO wall-clock (mean over seeds)", "{:.2f}×"),
 ]
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
