@@ -74,7 +74,8 @@ def critique_sentence(principle):
 
 
 def _norm(text):
-    return " ".join(text.replace("<|end|>", " ").replace("<|revision|>", " ").split())
+    """Whitespace collapsed: responses are compared and stored in this form."""
+    return " ".join(text.split())
 
 
 def _keywords(sentence):
@@ -88,7 +89,7 @@ def parse_critique(text):
     distinctive words ("rude", "harmful", "too long", ...) it shares most, if that is unique."""
     if not isinstance(text, str):
         raise ValueError(f"a critique must be a string, got {type(text).__name__}")
-    t = _norm(text)
+    t = _norm(text.replace("<|end|>", " ").replace("<|revision|>", " "))
     candidates = {**{s: n for n, s in _SENTENCE.items()}, W.GOOD_CRITIQUE: None}
     if t in candidates:
         return candidates[t]
@@ -107,7 +108,7 @@ _FILLERS = sorted(W.FILLERS, key=len, reverse=True)
 def split_response(response):
     """(opener, content, filler) of a response: known openers stripped from the front and fillers
     from the back (repeatedly, so a model's doubled opener is one opener), the rest is content."""
-    text = _norm(response)
+    text = _norm(response.replace("<|end|>", " "))
     openers, fillers = [], []
     changed = True
     while changed:
