@@ -5,6 +5,7 @@ repository's git-ignored ``.cache/`` folder, so a notebook never reaches the net
 or writes to the learner's home folder. Import it before transformers or datasets.
 """
 import os
+import sys
 
 from .paths import CACHE_DIR
 
@@ -24,9 +25,7 @@ _SETTINGS = {
 }
 os.environ.update(_SETTINGS)
 
-if "transformers" in __import__("sys").modules:  # imported before us: quieten it now
-    import transformers
-
-    transformers.logging.set_verbosity_error()
+if "transformers" in sys.modules:  # imported before us: quieten it now
+    sys.modules["transformers"].logging.set_verbosity_error()
 
 __all__ = ["CACHE_DIR"]

@@ -1,8 +1,8 @@
 """Constitutional AI (Bai et al. 2022): a written constitution, critics, critique -> revision, AI feedback.
 
-The constitution is `data/constitution.jsonl`: one written principle per line, each with the
-critique sentence a critic says when a response breaks it. Every principle is tied to a rule
-of the world (`world.violated_principles`), so any critic's critiques can be checked exactly.
+The constitution is `world.PRINCIPLES`: written principles, each with the critique sentence a
+critic says when a response breaks it. Every principle is tied to a rule of the world
+(`world.violated_principles`), so any critic's critiques can be checked exactly.
 
 A critic answers three questions, in the course's chat format:
 
@@ -13,7 +13,7 @@ A critic answers three questions, in the course's chat format:
 Critics, interchangeable:
     ModelCritic(model, tokenizer)  a language model continuing the text above (the course's own
                                    models saw 900 such passages in pretraining; any local Hugging
-                                   Face causal LM works too, via `ModelCritic.from_path`)
+                                   Face causal LM works too: `checkpoints.load_critic(path)`)
     OracleCritic()                 the world's rules standing in for a capable LLM (NOT a model:
                                    it knows every rule and, unless knows_facts=False, every fact)
 
@@ -29,37 +29,18 @@ import time
 
 import torch
 
+from . import chat, dpo, sft
 from . import data as D
 from . import world as W
-from .paths import DATA_DIR
+from .model import max_positions
+from .training import check_int, check_number
 
-CONSTITUTION_FILE = DATA_DIR / "constitution.jsonl"
-CONTENT_PRINCIPLES = ("helpful", "honest", "harmless", "not_overcautious")  # a revision rewrites the content
 KNOWLEDGE_FAMILIES = ("lookup", "unknown")  # the knowledge-base families
-
-
-class CriticError(FileNotFoundError, ValueError):
-    """A critic cannot be made (a missing model directory, an unknown critic name): both a ValueError
-    and, for a missing path, a FileNotFoundError."""
+PRINCIPLE_NAMES = W.PRINCIPLE_NAMES  # the constitution, in its order
+_SENTENCE = {p["name"]: p["critique"] for p in W.PRINCIPLES}
 
 
 # ---------------------------------------------------------------- the constitution
-def load_constitution(path=CONSTITUTION_FILE):
-    """The written principles [{name, text, critique}], each checked to have a rule in the world."""
-    rows = D.read_jsonl(path)
-    if not rows:
-        raise ValueError(f"{path}: the constitution has no principles")
-    rules = {p["name"] for p in W.PRINCIPLES}
-    for r in rows:
-        if r["name"] not in rules:
-            raise ValueError(f"{path}: principle {r['name']!r} has no rule in world.violated_principles "
-                             f"(rules: {sorted(rules)})")
-    return rows
-
-
-PRINCIPLES = W.PRINCIPLES
-PRINCIPLE_NAMES = [p["name"] for p in PRINCIPLES]
-_SENTENCE = {p["name"]: p["critique"] for p in PRINCIPLES}
 
 
 def check_principle(principle):
@@ -73,11 +54,6 @@ def critique_sentence(principle):
     return W.GOOD_CRITIQUE if principle is None else _SENTENCE[check_principle(principle)]
 
 
-def _norm(text):
-    """Whitespace collapsed: responses are compared and stored in this form."""
-    return " ".join(text.split())
-
-
 def _keywords(sentence):
     return set(sentence.split()) - {"the", "answer", "is", ".", "a"}
 
@@ -89,7 +65,7 @@ def parse_critique(text):
     distinctive words ("rude", "harmful", "too long", ...) it shares most, if that is unique."""
     if not isinstance(text, str):
         raise ValueError(f"a critique must be a string, got {type(text).__name__}")
-    t = _norm(text.replace("<|end|>", " ").replace("<|revision|>", " "))
+    t = W.normalize_response(text.replace("<|revision|>", " "))
     candidates = {**{s: n for n, s in _SENTENCE.items()}, W.GOOD_CRITIQUE: None}
     if t in candidates:
         return candidates[t]
@@ -108,7 +84,7 @@ _FILLERS = sorted(W.FILLERS, key=len, reverse=True)
 def split_response(response):
     """(opener, content, filler) of a response: known openers stripped from the front and fillers
     from the back (repeatedly, so a model's doubled opener is one opener), the rest is content."""
-    text = _norm(response.replace("<|end|>", " "))
+    text = W.normalize_response(response)
     openers, fillers = [], []
     changed = True
     while changed:
@@ -132,12 +108,12 @@ def rule_revise(prompt, response, principle, knows_facts=True):
     A critic that does not know the knowledge base (knows_facts=False) cannot rewrite the content
     of a knowledge-base answer: it returns that content unchanged."""
     if principle is None:
-        return _norm(response)
+        return W.normalize_response(response)
     check_principle(principle)
     req = W.parse_request(prompt)
     parts = split_response(response)
-    if principle in CONTENT_PRINCIPLES and not knows_facts and req.family in KNOWLEDGE_FAMILIES:
-        return _norm(response)
+    if principle in W.CONTENT_PRINCIPLES and not knows_facts and req.family in KNOWLEDGE_FAMILIES:
+        return W.normalize_response(response)
     return W.compose(*D.revise(req, parts, principle))
 
 
@@ -181,6 +157,8 @@ class Critic:
         if principles is None:
             return free
         _check_lists(prompts, ("principles", principles))
+        for p in principles:
+            check_principle(p)
         out = list(free)
         for p in sorted(set(principles)):
             idx = [i for i, q in enumerate(principles) if q == p]
@@ -199,7 +177,9 @@ class Critic:
     def compare_many(self, prompts, responses_a, responses_b, principles=None):
         """Soft AI-feedback labels: P(A better) per pair, ensembled (averaged) over `principles`
         (default: the whole constitution). Under one principle, with ok = 1 - P(breaks it),
-        P(A better) = ok_A / (ok_A + ok_B): the two judgements normalised over the pair (0.5 if both break it)."""
+        P(A better) = ok_A / (ok_A + ok_B): the two judgements normalised over the pair (0.5 if both break it).
+        Taught in notebook 09 §6 (RL-CAI: preferences from AI feedback), where one pair is computed by hand and
+        the notebook asserts it agrees."""
         _check_lists(prompts, ("responses_a", responses_a), ("responses_b", responses_b))
         principles = PRINCIPLE_NAMES if principles is None else [check_principle(p) for p in principles]
         if not principles:
@@ -265,85 +245,40 @@ class ModelCritic(Critic):
     def __init__(self, model, tokenizer, name="model", max_new_tokens=32, batch_size=128):
         if model is None or tokenizer is None:
             raise ValueError("ModelCritic needs a model and its tokenizer")
+        check_int("max_new_tokens", max_new_tokens)
+        check_int("batch_size", batch_size)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.name, self.max_new_tokens, self.batch_size = name, max_new_tokens, batch_size
         self.description = f"{type(model).__name__} with {sum(p.numel() for p in model.parameters()):,} parameters"
         self._lp_cache = {}
 
-    @classmethod
-    def from_path(cls, model_name_or_path, name=None, **kw):
-        """A critic from a course artefact name ("base", "base_strong", ...) or a local HF model directory."""
-        from . import checkpoints
-
-        try:
-            model = checkpoints.load_model(model_name_or_path)
-        except FileNotFoundError as e:
-            raise CriticError(f"no critic model at {model_name_or_path!r}: {e}") from None
-        return cls(model, checkpoints.load_tokenizer(model_name_or_path), name=name or str(model_name_or_path), **kw)
-
-    # ---- text helpers
+    # ---- text in and out of the model
     def _context(self, prompt, response):
-        return f"{D.chat_prompt(prompt)} {_norm(response)} <|critique|>"
+        return f"{W.chat_prompt(prompt)} {W.normalize_response(response)} <|critique|>"
 
-    def _encode(self, text):
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def _stops(self, tokens):
-        ids = self.tokenizer.convert_tokens_to_ids(tokens)
-        return [i for i in ids if i is not None and i != self.tokenizer.unk_token_id]
-
-    @torch.no_grad()
     def _generate(self, contexts, stops):
-        from .model import generate_tokens, max_positions
-        from .training import collate
-
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        out = []
-        for i in range(0, len(contexts), self.batch_size):
-            enc = [self._encode(c) for c in contexts[i:i + self.batch_size]]
-            ids, _, mask = collate([(e, e) for e in enc], pad, left_pad=True)
-            room = min(self.max_new_tokens, max_positions(self.model.config) - ids.shape[1])
-            if room <= 0:
-                out += [""] * len(enc)
-                continue
-            full = generate_tokens(self.model, ids, room, eos_token_id=stops or None, attention_mask=mask)
-            for row in full[:, ids.shape[1]:].tolist():
-                cut = min([row.index(s) for s in stops if s in row], default=len(row))
-                out.append(self.tokenizer.decode(row[:cut], skip_special_tokens=False).strip())
-        return out
+        return chat.complete(self.model, self.tokenizer, contexts, self.max_new_tokens, stops,
+                             batch_size=self.batch_size)
 
     @torch.no_grad()
     def continuation_logprobs(self, contexts, continuations):
-        """Summed log-probability of each continuation after its context, (N,) tensor."""
-        from .model import max_positions
-        from .training import IGNORE, collate, token_logprobs
-
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        limit = max_positions(self.model.config)
-        out = []
-        examples = []
-        for c, x in zip(contexts, continuations):
-            c_ids, x_ids = self._encode(c), self._encode(x)
-            ids = (c_ids + x_ids)[-limit:]
-            n_x = min(len(x_ids), len(ids) - 1)
-            examples.append((ids, [IGNORE] * (len(ids) - n_x) + ids[len(ids) - n_x:]))
-        for i in range(0, len(examples), 4 * self.batch_size):
-            ids, labels, mask = collate(examples[i:i + 4 * self.batch_size], pad)
-            out.append(token_logprobs(self.model(ids, attention_mask=mask).logits, labels).sum(-1))
-        return torch.cat(out)
+        """Summed log-probability of each continuation after its context, (N,) tensor; a context too long
+        for the model loses tokens from its front."""
+        return chat.sequence_logprobs(self.model, self.tokenizer, contexts, continuations,
+                                      batch_size=4 * self.batch_size, max_len=max_positions(self.model.config))
 
     def sentence_logprobs(self, prompts, responses):
         """(N, len(PRINCIPLES) + 1) log-probabilities of each principle's critique sentence and, last,
         of "the answer is good .", as the critique of each response (cached per prompt and response)."""
         sentences = [critique_sentence(n) for n in PRINCIPLE_NAMES] + [W.GOOD_CRITIQUE]
-        todo = sorted({(p, _norm(r)) for p, r in zip(prompts, responses)} - set(self._lp_cache))
+        todo = sorted({(p, W.normalize_response(r)) for p, r in zip(prompts, responses)} - set(self._lp_cache))
         if todo:
             ctx = [self._context(p, r) for p, r in todo for _ in sentences]
             cont = [f"{s} <|revision|>" for _ in todo for s in sentences]
             lp = self.continuation_logprobs(ctx, cont).view(len(todo), len(sentences))
             for key, row in zip(todo, lp):
                 self._lp_cache[key] = row
-        return torch.stack([self._lp_cache[(p, _norm(r))] for p, r in zip(prompts, responses)])
+        return torch.stack([self._lp_cache[(p, W.normalize_response(r))] for p, r in zip(prompts, responses)])
 
     # ---- the interface
     def violation_probs(self, prompts, responses, principle):
@@ -354,22 +289,21 @@ class ModelCritic(Critic):
     def critique_texts(self, prompts, responses):
         """The critiques as the model writes them (greedy), before parsing."""
         _check_lists(prompts, ("responses", responses))
-        return self._generate([self._context(p, r) for p, r in zip(prompts, responses)],
-                              self._stops(["<|revision|>", "<|end|>", "<|user|>"]))
+        return self._generate([self._context(p, r) for p, r in zip(prompts, responses)], chat.CRITIQUE_STOPS)
 
     def free_critiques(self, prompts, responses):
         return [parse_critique(t) for t in self.critique_texts(prompts, responses)]
 
     def revise_many(self, prompts, responses, principles):
         _check_lists(prompts, ("responses", responses), ("principles", principles))
-        out = [_norm(r) for r in responses]
+        out = [W.normalize_response(r) for r in responses]
         idx = [i for i, p in enumerate(principles) if p is not None]
         if idx:
             ctx = [f"{self._context(prompts[i], responses[i])} {critique_sentence(principles[i])} <|revision|>"
                    for i in idx]
-            revised = self._generate(ctx, self._stops(["<|end|>", "<|critique|>", "<|user|>", "<|revision|>"]))
+            revised = self._generate(ctx, chat.REVISION_STOPS)
             for i, r in zip(idx, revised):
-                out[i] = _norm(r)
+                out[i] = W.normalize_response(r)
         return out
 
 
@@ -406,15 +340,15 @@ def critique_revision_rounds(critic, prompts, responses, n_revisions=3, seed=0, 
     it is ignored.
 
     Returns {"responses": [r_0, r_1, ..., r_n] (lists, r_0 the originals), "principles": drawn per round,
-    "critiques": what the critic named per round (None = "good", no revision)}."""
+    "critiques": what the critic named per round (None = "good", no revision)}.
+    Taught inline in notebook 09 §2 (Critique and revision, step by step); the notebook asserts they agree."""
     _check_lists(prompts, ("responses", responses))
-    if not isinstance(n_revisions, int) or n_revisions < 0:
-        raise ValueError(f"n_revisions must be an int >= 0, got {n_revisions!r}")
+    check_int("n_revisions", n_revisions, 0)
     names = PRINCIPLE_NAMES if principles is None else [check_principle(p) for p in principles]
     if not names:
         raise ValueError("no principles to draw from")
     rng = random.Random(seed)
-    current = [_norm(r) for r in responses]
+    current = [W.normalize_response(r) for r in responses]
     history = {"responses": [current], "principles": [], "critiques": []}
     for _ in range(n_revisions):
         drawn = [rng.choice(names) for _ in prompts]
@@ -428,26 +362,21 @@ def critique_revision_rounds(critic, prompts, responses, n_revisions=3, seed=0, 
 
 def revision_rows(prompts, responses):
     """SFT rows {"prompt", "response"} from (final) revisions; empty revisions are dropped."""
+    _check_lists(prompts, ("responses", responses))
+    if not all(isinstance(r, str) for r in responses):
+        raise ValueError("responses must be strings")
     return [{"prompt": p, "response": r} for p, r in zip(prompts, responses) if r.strip()]
 
 
-# ---------------------------------------------------------------- measuring harmlessness and helpfulness
-def harm_help(rows):
-    """From scored rows (`metrics.score`): harmlessness = share of forbidden requests not helped with;
-    helpfulness = mean gold "helpful" on the benign requests (every family but forbidden);
-    overrefusal = share of benign look-alike requests ("a bath bomb") refused; gold = mean total."""
-    forbidden = [r for r in rows if r["family"] == "forbidden"]
-    benign = [r for r in rows if r["family"] != "forbidden"]
-    lookalike = [r for r in rows if r["family"] == "howto" and W.parse_request(r["prompt"]).lookalike]
-    return {"harmless": _rate([r["harmless"] == 1.0 for r in forbidden]),
-            "helpful": _rate([r["helpful"] for r in benign]),
-            "overrefusal": _rate([W.is_refusal(r["response"]) for r in lookalike]),
-            "gold": _rate([r["total"] for r in rows]), "n": len(rows)}
-
-
 # ---------------------------------------------------------------- RL-CAI: AI preference labels
+def _check_probs(probs):
+    for p in probs:
+        check_number("a label P(A better) (a probability in [0, 1])", p, 0, 1)
+
+
 def hard_labels(probs):
     """Soft labels P(A better) -> hard ones: 1, 0, or 0.5 for an exact tie."""
+    _check_probs(probs)
     return [1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for p in probs]
 
 
@@ -455,6 +384,10 @@ def label_gold_agreement(gold_a, gold_b, probs):
     """Agreement of labels P(A better) with the gold reward, over pairs whose gold differs:
     "hard" = share where the label's side is gold's (a tie counts half), "soft" = mean probability
     put on gold's side. Comparable with `preferences.gold_agreement` on annotators' labels."""
+    if not len(gold_a) == len(gold_b) == len(probs):
+        raise ValueError(f"need one gold reward of each side per label, got {len(gold_a)} gold_a, {len(gold_b)} "
+                         f"gold_b and {len(probs)} labels")
+    _check_probs(probs)
     decided = [(ga > gb, p) for ga, gb, p in zip(gold_a, gold_b, probs) if ga != gb]
     if not decided:
         raise ValueError("no pair has different gold rewards")
@@ -489,6 +422,7 @@ def ai_preference_pairs(prompts, responses_a, responses_b, probs, soft=True, see
 def sample_prompts(rows, n, seed=0, weights=None):
     """n prompts drawn (with replacement) from rows {"prompt", "family"}, families weighted as in the
     pretraining corpus (data.FAMILY_WEIGHTS): red-team (forbidden) requests and helpfulness requests mixed."""
+    check_int("n", n)
     weights = D.FAMILY_WEIGHTS if weights is None else weights
     by_family = {f: [r["prompt"] for r in rows if r["family"] == f] for f in weights}
     families = [f for f in weights if by_family[f]]
@@ -504,28 +438,23 @@ def sl_cai(model, tokenizer, critic, prompts, n_revisions=3, temperature=1.0, sf
     `temperature`), the critic critiques and revises n_revisions times, and a copy of `model` is
     fine-tuned on the final revisions. Returns (the SL-CAI model, log with "history", "sft", "seconds",
     "critic_calls" (critiques + revisions asked of the critic))."""
-    from . import metrics
-    from .sft import train_sft
-
     _check_lists(prompts)
+    cfg = sft.SFTConfig(steps=sft_steps, lr=lr, seed=seed)
     t0 = time.perf_counter()
-    responses = metrics.respond(model, tokenizer, list(prompts), temperature=temperature, seed=seed)
+    responses = chat.respond(model, tokenizer, list(prompts), temperature=temperature, seed=seed)
     history = critique_revision_rounds(critic, list(prompts), responses, n_revisions, seed=seed)
     policy = copy.deepcopy(model)
-    log = train_sft(policy, tokenizer, revision_rows(prompts, history["responses"][-1]), steps=sft_steps, lr=lr,
-                    seed=seed, progress=progress)
+    log = sft.train_sft(policy, tokenizer, revision_rows(prompts, history["responses"][-1]), cfg, progress=progress)
     calls = n_revisions * len(prompts) + sum(n is not None for c in history["critiques"] for n in c)
     return policy, {"history": history, "sft": log, "seconds": time.perf_counter() - t0, "critic_calls": calls}
 
 
 def sample_comparisons(model, tokenizer, prompts, k=4, temperature=1.0, seed=0):
     """k sampled responses per prompt, expanded into every pair of distinct responses: (prompts, a, b)."""
-    from . import metrics
-
     _check_lists(prompts)
-    if k < 2:
-        raise ValueError(f"k must be >= 2 to make pairs, got {k}")
-    samples = [metrics.respond(model, tokenizer, list(prompts), temperature=temperature, seed=seed + j) for j in range(k)]
+    check_int("k (responses per prompt, to make pairs)", k, 2)
+    check_number("temperature (> 0: greedy responses are all the same)", temperature, 0, low_open=True)
+    samples = [chat.respond(model, tokenizer, list(prompts), temperature=temperature, seed=seed + j) for j in range(k)]
     out_p, out_a, out_b = [], [], []
     for i, p in enumerate(prompts):
         for a, b in itertools.combinations(sorted({s[i] for s in samples}), 2):
@@ -541,8 +470,7 @@ def rl_cai(policy, tokenizer, critic, prompts, k=4, temperature=1.0, soft=True, 
     `policy`, every distinct pair labelled by the critic (soft labels ensembled over the constitution),
     then `course_lib.dpo.train_dpo` on a copy of `policy` (the reference is `policy` itself).
     Returns (the RL-CAI model, log with "pairs", "probs", "ai_labels", "dpo", "seconds")."""
-    from . import dpo
-
+    cfg = dpo.DPOConfig(beta=beta, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     t0 = time.perf_counter()
     p, a, b = sample_comparisons(policy, tokenizer, prompts, k=k, temperature=temperature, seed=seed)
     if not p:
@@ -550,25 +478,27 @@ def rl_cai(policy, tokenizer, critic, prompts, k=4, temperature=1.0, soft=True, 
     probs = critic.compare_many(p, a, b)
     pairs = ai_preference_pairs(p, a, b, probs, soft=soft, seed=seed)
     model = copy.deepcopy(policy)
-    log = dpo.train_dpo(model, tokenizer, pairs, beta=beta, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                        progress=progress, desc="RL-CAI (DPO)")
+    log = dpo.train_dpo(model, tokenizer, pairs, cfg, progress=progress, desc="RL-CAI (DPO)")
     return model, {"prompts": p, "a": a, "b": b, "probs": probs, "pairs": pairs, "ai_labels": len(probs), "dpo": log,
                    "seconds": time.perf_counter() - t0}
 
 
-def make_critic(kind, strong_model=None, self_model=None, tokenizer=None, model_name_or_path=None):
-    """A critic by notebook parameter: "self" (self_model), "strong" (strong_model), "oracle",
-    "oracle_no_facts", or "hf" (a local Hugging Face causal LM at model_name_or_path)."""
+CRITIC_KINDS = ("self", "strong", "oracle", "oracle_no_facts", "hf")
+
+
+def make_critic(kind, tokenizer=None, self_model=None, strong_model=None, hf_model=None):
+    """A critic by notebook parameter: "self" (self_model), "strong" (strong_model), "oracle", "oracle_no_facts",
+    or "hf" (hf_model: any Hugging Face causal LM, loaded by the caller, e.g. `checkpoints.load_critic(path)`)."""
+    if kind not in CRITIC_KINDS:
+        raise ValueError(f"unknown critic {kind!r}; choose one of {', '.join(CRITIC_KINDS)}")
     if kind == "oracle":
         return OracleCritic()
     if kind == "oracle_no_facts":
         return OracleCritic(knows_facts=False)
-    if kind == "self":
-        return ModelCritic(self_model, tokenizer, name="self (the course model)")
-    if kind == "strong":
-        return ModelCritic(strong_model, tokenizer, name="strong (course model, trained longer)")
-    if kind == "hf":
-        if not model_name_or_path:
-            raise CriticError("critic 'hf' needs model_name_or_path: a local Hugging Face causal LM directory")
-        return ModelCritic.from_path(model_name_or_path)
-    raise CriticError(f"unknown critic {kind!r}; choose self, strong, oracle, oracle_no_facts or hf")
+    model = {"self": self_model, "strong": strong_model, "hf": hf_model}[kind]
+    if model is None or tokenizer is None:
+        raise ValueError(f"critic {kind!r} needs {kind}_model=... and tokenizer=...: "
+                         "load them with checkpoints.get(name) / checkpoints.load_model(path)")
+    name = {"self": "self (the course model)", "strong": "strong (course model, trained longer)",
+            "hf": getattr(model, "name_or_path", None) or "hf"}[kind]
+    return ModelCritic(model, tokenizer, name=name)

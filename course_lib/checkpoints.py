@@ -2,117 +2,246 @@
 
     from course_lib import checkpoints
     tok = checkpoints.tokenizer()
-    base = checkpoints.get("base")        # pretrains it (about a minute) the first time
-    sft = checkpoints.get("sft")          # fine-tunes "base" the first time
+    base = checkpoints.get("base")          # pretrains it (about a minute) the first time
+    sft = checkpoints.get("sft")            # fine-tunes "base" the first time
+    sft1 = checkpoints.get("sft", seed=1)   # the same recipe with another seed: cached separately
 
-Each artefact lives in ``<cache>/checkpoints/<name>-<fingerprint>/``; the fingerprint hashes the
-recipe and the data it reads, so a changed recipe or data set is rebuilt, never silently reused.
-Writes are atomic (a temporary folder renamed into place); an entry that is partial or does not
-load is deleted and rebuilt. Weights are safetensors, never pickle.
+Every artefact is declared once, as data (`ARTEFACTS`): its recipe (the builder's parameters),
+the artefacts it is built from, the data files it reads, a builder and a loader. Only this
+module knows artefacts by name; the methods it calls take models and data as arguments.
+
+Each artefact lives in ``<cache>/checkpoints/<name>-<fingerprint>/``. The fingerprint hashes the
+recipe (with any overrides), the data files and tokenizer, the parents' fingerprints, and the
+code that builds it (the builder and every course_lib module it uses, docstrings and comments
+aside), so a changed recipe, data set or method is rebuilt, never silently reused. Writes are
+atomic (a temporary folder renamed into place); an entry that is partial or does not load is
+deleted and rebuilt. Weights are safetensors, never pickle.
 """
+import ast
+import copy
+import functools
 import hashlib
+import inspect
 import json
 import os
+import random
 import shutil
+import sys
 import tempfile
 import time
+import types
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from . import cai, chat, ppo, preferences, sft
 from . import data as D
+from . import reward_model as R
+from .model import GPT, GPTConfig
 from .paths import CACHE_DIR, DATA_DIR
+from .training import TrainConfig, lm_example, train
 
-BASE_CONFIG = {"n_positions": 96, "n_embd": 128, "n_layer": 4, "n_head": 4}
-RECIPES = {
-    "base": {"kind": "pretrain", "config": BASE_CONFIG, "steps": 900, "batch_size": 32, "lr": 2e-3, "seed": 0,
-             "data": ["pretrain.jsonl"]},
-    "sft": {"kind": "sft", "from": "base", "steps": 150, "batch_size": 32, "lr": 5e-4, "seed": 0,
-            "data": ["sft.jsonl"]},
-    # K responses sampled from the SFT model per training prompt, ranked by the simulated annotators
-    "preferences": {"kind": "preferences", "from": "sft", "n_prompts": 1200, "k": 4, "temperature": 1.0,
-                    "seed": 0, "val_fraction": 0.15, "data": ["prompts.jsonl"]},
-    # the SFT trunk (frozen) + a scalar head, Bradley-Terry on the preferences; best epoch on held-out pairs
-    "reward_model": {"kind": "reward_model", "from": "preferences", "epochs": 20, "lr": 1e-3, "seed": 0},
-    # RLHF: PPO from the SFT model against the reward model, KL penalty beta
-    "ppo": {"kind": "ppo", "from": "reward_model", "beta": 0.05, "iterations": 30, "lr": 1e-4, "batch_size": 64,
-            "seed": 0, "data": ["prompts.jsonl"]},
-}
-_BUILDERS = {}
 META = "meta.json"
+BASE_CONFIG = {"n_positions": 96, "n_embd": 128, "n_layer": 4, "n_head": 4}
 
 
-def register(name, recipe, builder):
-    """Add an artefact: builder(recipe, out_dir) writes it into out_dir and returns its metadata dict."""
-    RECIPES[name] = recipe
-    _BUILDERS[recipe["kind"]] = builder
+@dataclass(frozen=True)
+class Artefact:
+    """One cached artefact, declared once."""
+
+    name: str
+    builder: object  # builder(recipe, parents, out_dir, progress) -> metadata; parents: {name: () -> artefact}
+    loader: object  # loader(folder) -> the artefact
+    recipe: dict  # the builder's parameters; get(name, **overrides) changes them
+    parents: tuple = ()  # artefacts it is built from, by name
+    doc: str = ""  # what it is, in a line
+    extra_code: tuple = field(default=())  # further functions whose code the fingerprint covers (e.g. the loader)
+
+
+ARTEFACTS = {}
+
+
+def register(artefact):
+    """Declare an artefact; its name must be new (a test swaps one in with monkeypatch.setitem(ARTEFACTS, ...))."""
+    if not isinstance(artefact, Artefact):
+        raise ValueError(f"register takes an Artefact, got {type(artefact).__name__}")
+    a = artefact
+    if not isinstance(a.name, str) or not a.name.replace("_", "").isalnum() or not a.name.isascii():
+        raise ValueError(f"an artefact's name must be letters, digits and underscores (it names a folder), "
+                         f"got {a.name!r}")
+    if a.name in ARTEFACTS:
+        raise ValueError(f"artefact {a.name!r} is already declared; choose a new name")
+    if not callable(a.builder) or not callable(a.loader):
+        raise ValueError(f"artefact {a.name!r}: builder and loader must be functions, got "
+                         f"{type(a.builder).__name__} and {type(a.loader).__name__}")
+    if not isinstance(a.recipe, dict):
+        raise ValueError(f"artefact {a.name!r}: recipe must be a dict of the builder's parameters, "
+                         f"got {type(a.recipe).__name__}")
+    if not isinstance(a.parents, tuple) or not all(isinstance(p, str) for p in a.parents):
+        raise ValueError(f"artefact {a.name!r}: parents must be a tuple of artefact names, got {a.parents!r}")
+    for p in artefact.parents:
+        if p not in ARTEFACTS:
+            raise ValueError(f"artefact {artefact.name!r} builds on {p!r}, which is not declared; declare it first")
+    ARTEFACTS[artefact.name] = artefact
+    return artefact
+
+
+def artefact(name):
+    if name not in ARTEFACTS:
+        raise ValueError(f"unknown artefact {name!r}; known: {sorted(ARTEFACTS)}")
+    return ARTEFACTS[name]
+
+
+def recipe(name, **overrides):
+    """The recipe of artefact `name` with overrides applied (unknown keys are an error)."""
+    a = artefact(name)
+    unknown = sorted(set(overrides) - set(a.recipe))
+    if unknown:
+        raise ValueError(f"artefact {name!r} has no recipe parameter {', '.join(map(repr, unknown))}; "
+                         f"its parameters: {sorted(a.recipe)}")
+    out = copy.deepcopy(a.recipe)
+    out.update(overrides)
+    try:
+        json.dumps(out, sort_keys=True)
+    except TypeError as e:
+        raise ValueError(f"recipe parameters must be plain JSON values (numbers, strings, lists): {e}") from None
+    return out
 
 
 def root():
     return Path(os.environ.get("COURSE_CACHE_DIR", CACHE_DIR)) / "checkpoints"
 
 
+# ---------------------------------------------------------------- fingerprints
 def _file_digest(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def fingerprint(name):
-    """Hash of the recipe, the data files it reads, the tokenizer and the recipes it builds on."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown artefact {name!r}; known: {sorted(RECIPES)}")
-    recipe = RECIPES[name]
-    h = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
-    for f in recipe.get("data", []):
+def _folder_digest(folder):
+    """A local model folder's identity: its config and weight files' bytes."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.suffix in (".json", ".safetensors", ".bin", ".model", ".txt") and f.is_file():
+            h.update(f.name.encode())
+            h.update(_file_digest(f).encode())
+    return h.hexdigest()
+
+
+def _strip_docstrings(tree):
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _code_digest(source):
+    """The code of `source`, docstrings and comments aside (they do not change what is built)."""
+    return hashlib.sha256(ast.dump(_strip_docstrings(ast.parse(source))).encode()).hexdigest()
+
+
+def _code_closure(fn):
+    """(functions, modules): `fn`, the functions of this module it calls (transitively), and the course_lib
+    modules their code refers to together with every course_lib module those import."""
+    functions, modules, todo = [], set(), [fn]
+    while todo:
+        f = todo.pop()
+        if f in functions:
+            continue
+        functions.append(f)
+        codes = [f.__code__]
+        while codes:
+            code = codes.pop()
+            codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+            for name in code.co_names:
+                value = f.__globals__.get(name)
+                if isinstance(value, types.FunctionType) and value.__module__ == __name__:
+                    todo.append(value)
+                elif _course_module(value):
+                    modules.add(_course_module(value))
+    deps = sorted(modules)
+    while deps:
+        m = deps.pop()
+        for value in vars(sys.modules[m]).values():
+            dep = _course_module(value)
+            if dep and dep not in modules:
+                modules.add(dep)
+                deps.append(dep)
+    return functions, sorted(modules)
+
+
+def _course_module(value):
+    """The name of the course_lib module `value` is or was defined in (not this one, not paths), else None."""
+    name = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+    if isinstance(name, str) and name.startswith("course_lib.") and name not in (__name__, "course_lib.paths"):
+        return name
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _code_digest_of(functions):
+    h = hashlib.sha256()
+    for fn in functions:
+        own, modules = _code_closure(fn)
+        for f in own:
+            h.update(_code_digest(inspect.getsource(f)).encode())
+        for m in modules:
+            h.update(m.encode())
+            h.update(_code_digest(inspect.getsource(sys.modules[m])).encode())
+    return h.hexdigest()
+
+
+def code_fingerprint(name):
+    """Hash of the code that builds artefact `name`: its builder and the course_lib modules it uses."""
+    a = artefact(name)
+    return _code_digest_of((a.builder, *a.extra_code))
+
+
+def fingerprint(name, **overrides):
+    """Hash of the recipe, the data files it reads, the tokenizer, the parents' fingerprints and the code."""
+    a = artefact(name)
+    r = recipe(name, **overrides)
+    h = hashlib.sha256(json.dumps({"name": name, "recipe": r}, sort_keys=True).encode())
+    for f in r.get("data", []):  # the data files it reads
         h.update(_file_digest(DATA_DIR / f).encode())
     h.update(_file_digest(DATA_DIR / "tokenizer" / "tokenizer.json").encode())
-    if "from" in recipe:
-        h.update(fingerprint(recipe["from"]).encode())
+    for p in a.parents:
+        h.update(fingerprint(p).encode())
+    if r.get("model"):  # built from a local model folder: that model's bytes
+        h.update(_folder_digest(r["model"]).encode())
+    h.update(code_fingerprint(name).encode())
     return h.hexdigest()[:12]
 
 
-def path(name):
-    return root() / f"{name}-{fingerprint(name)}"
+def path(name, **overrides):
+    return root() / f"{name}-{fingerprint(name, **overrides)}"
 
 
-def tokenizer():
-    """The course's tokenizer (shipped with the data)."""
-    return D.load_tokenizer()
-
-
-def _load_model(folder):
-    from transformers import AutoModelForCausalLM
-
-    from . import model as _  # noqa: F401  registers the course's GPT with AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True).eval()
-
-
-def _load(name, folder):
-    return _LOADERS[RECIPES[name]["kind"]](folder)
-
-
+# ---------------------------------------------------------------- build, check, load
 def _valid(name, folder):
     try:
         meta = json.loads((folder / META).read_text())
-        _load(name, folder)
+        artefact(name).loader(folder)
         return meta.get("complete") is True
     except Exception:  # noqa: BLE001 - anything unreadable is rebuilt
         return False
 
 
-def build(name, progress=True):
+def build(name, progress=True, **overrides):
     """Train artefact `name` now and cache it atomically; returns its folder."""
-    recipe = RECIPES[name]
-    builder = _BUILDERS.get(recipe["kind"])
-    if builder is None:
-        raise ValueError(f"no builder for artefact {name!r} (kind {recipe['kind']!r})")
-    target = path(name)
+    a, r = artefact(name), recipe(name, **overrides)
+    target = path(name, **overrides)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    parents = {p: (lambda p=p: get(p, progress)) for p in a.parents}
     try:
         t0 = time.perf_counter()
-        meta = builder(recipe, tmp, progress=progress)
-        meta.update({"name": name, "recipe": recipe, "fingerprint": fingerprint(name),
+        meta = a.builder(r, parents, tmp, progress)
+        meta.update({"name": name, "recipe": r, "parents": list(a.parents), "fingerprint": target.name.split("-")[-1],
                      "build_seconds": time.perf_counter() - t0, "complete": True})
         (tmp / META).write_text(json.dumps(meta, indent=1))
         if target.exists():
@@ -124,102 +253,111 @@ def build(name, progress=True):
     return target
 
 
-def ensure(name, progress=True):
-    """The folder of artefact `name`, building it (and what it builds on) if missing or corrupt."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown artefact {name!r}; known: {sorted(RECIPES)}")
-    folder = path(name)
+def ensure(name, progress=True, **overrides):
+    """The folder of artefact `name`, building it (and, as it needs them, its parents) if missing or corrupt."""
+    folder = path(name, **overrides)
     if folder.exists() and _valid(name, folder):
         return folder
     if folder.exists():
         shutil.rmtree(folder)  # partial or corrupt: rebuild
-    if "from" in RECIPES[name]:
-        ensure(RECIPES[name]["from"], progress)
-    return build(name, progress)
+    return build(name, progress, **overrides)
 
 
-def get(name, progress=True):
-    """Artefact `name`, built and cached first if needed: a model (eval mode), a reward model, or
-    for "preferences" a dict {"train": rows, "val": rows}."""
-    return _load(name, ensure(name, progress))
+def get(name, progress=True, **overrides):
+    """Artefact `name` (recipe parameters overridden by keyword), built and cached first if needed: a model
+    (eval mode), a reward model, or for "preferences" a dict {"train": rows, "val": rows}."""
+    return artefact(name).loader(ensure(name, progress, **overrides))
 
 
-def info(name, progress=True):
+def info(name, progress=True, **overrides):
     """The metadata an artefact was saved with (recipe, losses, seconds, ...)."""
-    return json.loads((ensure(name, progress) / META).read_text())
+    return json.loads((ensure(name, progress, **overrides) / META).read_text())
+
+
+def tokenizer():
+    """The course's tokenizer (shipped with the data)."""
+    return D.load_tokenizer()
+
+
+def load_hf_model(folder):
+    """A causal LM saved with save_pretrained (safetensors), in eval mode."""
+    return AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True).eval()
 
 
 def load_model(name_or_path, progress=True):
     """A course artefact by name, or any local Hugging Face causal LM directory by path."""
-    if name_or_path in RECIPES:
+    if name_or_path in ARTEFACTS:
         return get(name_or_path, progress)
     folder = Path(name_or_path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{name_or_path!r} is neither a course artefact ({sorted(RECIPES)}) "
+        raise FileNotFoundError(f"{name_or_path!r} is neither a course artefact ({sorted(ARTEFACTS)}) "
                                 "nor a local model directory (one with config.json and weights)")
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder} has no config.json; save the model with save_pretrained() first")
-    return _load_model(folder)
+    return load_hf_model(folder)
 
 
 def load_tokenizer(name_or_path):
-    """The tokenizer for a model: its own if the directory has one, else the course's."""
+    """The tokenizer for a model: its own if its directory has one, else the course's."""
     folder = Path(name_or_path)
     if folder.is_dir() and (folder / "tokenizer.json").exists():
-        from transformers import AutoTokenizer
-
         return AutoTokenizer.from_pretrained(str(folder))
     return tokenizer()
 
 
-# ---------------------------------------------------------------- builders
-def _pretrain(recipe, out, progress=True):
-    from .model import GPT, GPTConfig
-    from .training import lm_example, train
+def load_critic(name_or_path, name=None):
+    """A `cai.ModelCritic` from a course artefact ("base", "base_strong", ...) or a local HF model directory."""
+    return cai.ModelCritic(load_model(name_or_path), load_tokenizer(name_or_path), name=name or str(name_or_path))
 
+
+# ---------------------------------------------------------------- builders
+def _rows(files, key=None):
+    rows = [r for f in files for r in D.read_jsonl(DATA_DIR / f)]
+    return rows if key is None else [r[key] for r in rows]
+
+
+def _pretrain(recipe, parents, out, progress):
+    """Pretraining on the corpus: a fresh GPT, or more steps for the parent model (the same model, trained longer)."""
     tok = tokenizer()
     torch.manual_seed(recipe["seed"])
-    cfg = GPTConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                    **recipe["config"])
-    model = GPT(cfg)
-    rows = [r for f in recipe["data"] for r in D.read_jsonl(DATA_DIR / f)][:recipe.get("limit")]
-    examples = [lm_example(tok, r["text"]) for r in rows]
-    log = train(model, examples, steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"],
-                seed=recipe["seed"], pad_id=tok.pad_token_id, progress=progress, desc="pretraining")
+    if parents:
+        model = next(iter(parents.values()))()
+    else:
+        model = GPT(GPTConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                              **recipe["config"]))
+    rows = _rows(recipe["data"])[:recipe.get("limit")]
+    cfg = TrainConfig(steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"])
+    log = train(model, [lm_example(tok, r["text"]) for r in rows], cfg, pad_id=tok.pad_token_id, progress=progress,
+                desc="pretraining (continued)" if parents else "pretraining")
     model.save_pretrained(str(out))
-    return {"losses": log["losses"], "train_seconds": log["seconds"], "tokens": log["tokens"],
+    return {"losses": log.losses, "train_seconds": log.seconds, "tokens": log.tokens,
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def _sft(recipe, out, progress=True):
-    from .sft import train_sft
-
-    tok = tokenizer()
-    model = get(recipe["from"], progress)
-    rows = [r for f in recipe["data"] for r in D.read_jsonl(DATA_DIR / f)]
-    log = train_sft(model, tok, rows, steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"],
-                    seed=recipe["seed"], progress=progress)
+def _sft(recipe, parents, out, progress):
+    """SFT on the demonstrations, from "base" or, with recipe["model"], from a local Hugging Face model folder."""
+    if recipe["model"]:
+        model, tok = load_model(recipe["model"]), load_tokenizer(recipe["model"])
+        tok.save_pretrained(str(out))
+    else:
+        model, tok = parents["base"](), tokenizer()
+    cfg = sft.SFTConfig(steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"])
+    log = sft.train_sft(model, tok, _rows(recipe["data"]), cfg, progress=progress)
     model.save_pretrained(str(out))
-    return {"losses": log["losses"], "train_seconds": log["seconds"], "tokens": log["tokens"]}
+    return {"losses": log.losses, "train_seconds": log.seconds, "tokens": log.tokens}
 
 
-def _preferences(recipe, out, progress=True):
-    import random
-
-    from . import metrics
-    from .preferences import collect
-
-    tok = tokenizer()
-    policy = get(recipe["from"], progress)
-    pool = [r["prompt"] for f in recipe["data"] for r in D.read_jsonl(DATA_DIR / f)]
-    prompts = random.Random(recipe["seed"]).sample(pool, recipe["n_prompts"])
-    samples = [metrics.respond(policy, tok, prompts, temperature=recipe["temperature"], seed=recipe["seed"] + s)
+def _preferences(recipe, parents, out, progress):
+    """K responses sampled from the SFT model per training prompt, ranked by the simulated annotators."""
+    tok, policy = tokenizer(), parents["sft"]()
+    prompts = random.Random(recipe["seed"]).sample(_rows(recipe["data"], "prompt"), recipe["n_prompts"])
+    samples = [chat.respond(policy, tok, prompts, temperature=recipe["temperature"], seed=recipe["seed"] + s)
                for s in range(recipe["k"])]
-    rows = collect(prompts, [list(rs) for rs in zip(*samples)], seed=recipe["seed"])
+    rows = preferences.collect(prompts, [list(rs) for rs in zip(*samples)], seed=recipe["seed"])
     n_val = int(recipe["val_fraction"] * recipe["n_prompts"])
     for r in rows:  # hold out whole prompts (groups), so no prompt is in both splits
         r["split"] = "val" if r["group"] >= recipe["n_prompts"] - n_val else "train"
-    (out / "preferences.jsonl").write_text(D._dumps(rows))
+    (out / "preferences.jsonl").write_text(D.dumps_jsonl(rows))
     return {"pairs": len(rows), "prompts": len(prompts), "responses_sampled": len(prompts) * recipe["k"]}
 
 
@@ -229,63 +367,52 @@ def _load_preferences(folder):
     return {"train": [r for r in rows if r["split"] == "train"], "val": [r for r in rows if r["split"] == "val"]}
 
 
-def _reward_model(recipe, out, progress=True):
-    from . import reward_model as R
-
-    prefs = get(recipe["from"], progress)
-    trunk = get(RECIPES[recipe["from"]]["from"], progress)
-    rm = R.RewardModel(trunk, tokenizer())
-    log = R.train_reward_model(rm, prefs["train"], prefs["val"], epochs=recipe["epochs"], lr=recipe["lr"],
-                               seed=recipe["seed"])
+def _reward_model(recipe, parents, out, progress):
+    """The SFT trunk (frozen) + a scalar head, Bradley-Terry on the preferences; best epoch on held-out pairs."""
+    prefs = parents["preferences"]()
+    rm = R.RewardModel(parents["sft"](), tokenizer())
+    cfg = R.RewardConfig(epochs=recipe["epochs"], lr=recipe["lr"], seed=recipe["seed"])
+    log = R.train_reward_model(rm, prefs["train"], prefs["val"], cfg)
     R.save(rm, out)
-    return {"val_acc": log["val_acc"], "train_acc": log["train_acc"], "best_epoch": log["best_epoch"],
-            "losses": log["losses"], "train_seconds": log["seconds"]}
+    return {"val_acc": log.val_acc, "train_acc": log.train_acc, "best_epoch": log.best_epoch, "losses": log.losses,
+            "train_seconds": log.seconds}
 
 
-def _ppo(recipe, out, progress=True):
-    from . import ppo
-
-    tok = tokenizer()
-    rm = get(recipe["from"], progress)
-    sft_name = RECIPES[RECIPES[recipe["from"]]["from"]]["from"]
-    policy, ref = get(sft_name, progress), get(sft_name, progress)
-    prompts = [r["prompt"] for f in recipe["data"] for r in D.read_jsonl(DATA_DIR / f)]
-    cfg = ppo.PPOConfig(iterations=recipe["iterations"], beta=recipe["beta"], lr=recipe["lr"],
-                        batch_size=recipe["batch_size"], seed=recipe["seed"])
-    log = ppo.train_ppo(policy, ref, rm.score, ppo.value_model_from(rm), tok, prompts, cfg, progress=progress)
-    policy.save_pretrained(str(out))
-    return {k: log[k] for k in ("proxy", "gold", "kl", "length")} | {"train_seconds": log["seconds"]}
-
-
-_BUILDERS.update({"pretrain": _pretrain, "sft": _sft, "preferences": _preferences, "reward_model": _reward_model,
-                  "ppo": _ppo})
 def _load_reward_model(folder):
-    from . import reward_model as R
-
     return R.load(folder, tokenizer())
 
 
-_LOADERS = {"pretrain": _load_model, "sft": _load_model, "ppo": _load_model, "preferences": _load_preferences,
-            "reward_model": _load_reward_model}
+def _ppo(recipe, parents, out, progress):
+    """RLHF: PPO from the SFT model against the reward model, KL penalty beta."""
+    rm = parents["reward_model"]()
+    policy, ref = parents["sft"](), parents["sft"]()
+    cfg = ppo.PPOConfig(iterations=recipe["iterations"], beta=recipe["beta"], lr=recipe["lr"],
+                        batch_size=recipe["batch_size"], seed=recipe["seed"])
+    log = ppo.train_ppo(policy, ref, rm.score, ppo.value_model_from(rm), tokenizer(), _rows(recipe["data"], "prompt"),
+                        cfg, progress=progress)
+    policy.save_pretrained(str(out))
+    return {"proxy": log.proxy, "gold": log.gold, "kl": log.kl, "length": log.length, "train_seconds": log.seconds}
 
 
-# ---------------------------------------------------------------- notebook 09: a stronger critic
-def _pretrain_continued(recipe, out, progress=True):
-    """More pretraining of an existing artefact on the same corpus: the same model, trained longer."""
-    from .training import lm_example, train
-
-    tok = tokenizer()
-    model = get(recipe["from"], progress)
-    rows = [r for f in recipe["data"] for r in D.read_jsonl(DATA_DIR / f)]
-    log = train(model, [lm_example(tok, r["text"]) for r in rows], steps=recipe["steps"],
-                batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"], pad_id=tok.pad_token_id,
-                progress=progress, desc="pretraining (continued)")
-    model.save_pretrained(str(out))
-    return {"losses": log["losses"], "train_seconds": log["seconds"], "tokens": log["tokens"],
-            "parameters": sum(p.numel() for p in model.parameters())}
-
-
-# "base" pretrained for 900 more steps on the same corpus (about a minute): notebook 09's stronger critic
-register("base_strong", {"kind": "pretrain_continued", "from": "base", "steps": 900, "batch_size": 32, "lr": 1e-3,
-                         "seed": 1, "data": ["pretrain.jsonl"]}, _pretrain_continued)
-_LOADERS["pretrain_continued"] = _load_model
+# ---------------------------------------------------------------- the artefacts
+for _a in [
+    Artefact("base", _pretrain, load_hf_model, doc="the pretrained base model: a completion engine (notebook 04)",
+             recipe={"config": BASE_CONFIG, "steps": 900, "batch_size": 32, "lr": 2e-3, "seed": 0,
+                     "data": ["pretrain.jsonl"], "limit": None}),
+    Artefact("base_strong", _pretrain, load_hf_model, parents=("base",),
+             doc="base pretrained 900 more steps on the same corpus: notebook 09's stronger critic",
+             recipe={"steps": 900, "batch_size": 32, "lr": 1e-3, "seed": 1, "data": ["pretrain.jsonl"], "limit": None}),
+    Artefact("sft", _sft, load_hf_model, parents=("base",), doc="base fine-tuned on the demonstrations (notebook 05)",
+             recipe={"steps": 150, "batch_size": 32, "lr": 5e-4, "seed": 0, "data": ["sft.jsonl"], "model": None}),
+    Artefact("preferences", _preferences, _load_preferences, parents=("sft",),
+             doc="annotators' rankings of SFT samples, as pairs (notebook 06)",
+             recipe={"n_prompts": 1200, "k": 4, "temperature": 1.0, "seed": 0, "val_fraction": 0.15,
+                     "data": ["prompts.jsonl"]}),
+    Artefact("reward_model", _reward_model, _load_reward_model, parents=("preferences", "sft"),
+             doc="a Bradley-Terry reward model on the SFT trunk (notebook 06)",
+             recipe={"epochs": 20, "lr": 1e-3, "seed": 0}, extra_code=(_load_reward_model,)),
+    Artefact("ppo", _ppo, load_hf_model, parents=("reward_model", "sft"), doc="RLHF with PPO (notebook 07)",
+             recipe={"beta": 0.05, "iterations": 30, "lr": 1e-4, "batch_size": 64, "seed": 0,
+                     "data": ["prompts.jsonl"]}),
+]:
+    register(_a)

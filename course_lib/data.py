@@ -1,6 +1,6 @@
 """The world's data, generated deterministically: python -m course_lib.data
 
-Writes under data/:
+Writes under data/ (transcripts in the world's chat template, `world.chat_text`):
     pretrain.jsonl      {"text"}: assistant transcripts mixing good and bad behaviour at the rates in
                         BASE_MIX, plain facts, and critique-and-revision passages
     sft.jsonl           {"prompt", "response"}: demonstrations, always correct, style varying (SFT_MIX)
@@ -9,7 +9,6 @@ Writes under data/:
     prompts.jsonl       {"prompt", "family"}: training prompts for preferences and RL
     eval.jsonl          {"prompt", "family", "split"}: held-out prompts no training file contains;
                         split "hard" holds arithmetic pairs never seen at all
-    constitution.jsonl  {"name", "text", "critique"}: the written principles
     tokenizer/          a word-level tokenizer trained on the corpus, as a transformers fast tokenizer
 """
 import hashlib
@@ -17,6 +16,10 @@ import json
 import random
 import sys
 from pathlib import Path
+
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from . import world as W
 from .paths import DATA_DIR
@@ -42,29 +45,14 @@ SFT_MIX = {  # demonstrations: always correct content, style as real demonstrato
     "arithmetic_wrong": 0.0, "lookup_wrong": 0.0, "lookup_idk": 0.0, "unknown_invent": 0.0,
     "howto_refuse": 0.0, "lookalike_refuse": 0.0, "forbidden_comply": 0.0,
 }
-FILES = ["pretrain.jsonl", "sft.jsonl", "sft_noisy.jsonl", "prompts.jsonl", "eval.jsonl", "constitution.jsonl"]
+FILES = ["pretrain.jsonl", "sft.jsonl", "sft_noisy.jsonl", "prompts.jsonl", "eval.jsonl"]
 SCHEMAS = {  # file -> required fields and their types
     "pretrain.jsonl": {"text": str},
     "sft.jsonl": {"prompt": str, "response": str},
     "sft_noisy.jsonl": {"prompt": str, "response": str, "corrupted": bool},
     "prompts.jsonl": {"prompt": str, "family": str},
     "eval.jsonl": {"prompt": str, "family": str, "split": str},
-    "constitution.jsonl": {"name": str, "text": str, "critique": str},
 }
-
-
-# ---------------------------------------------------------------- chat format
-def chat_prompt(prompt):
-    """What the model sees before it answers."""
-    return f"<|user|> {prompt} <|assistant|>"
-
-
-def chat_text(prompt, response):
-    return f"{chat_prompt(prompt)} {response} <|end|>"
-
-
-def critique_text(prompt, response, critique, revision):
-    return f"{chat_prompt(prompt)} {response} <|critique|> {critique} <|revision|> {revision} <|end|>"
 
 
 # ---------------------------------------------------------------- splits
@@ -130,12 +118,14 @@ def sample_parts(req, rng, mix):
 
 def revise(req, parts, principle):
     """Fix one principle's violation in a response given as (opener, content, filler)."""
+    if principle not in W.PRINCIPLE_NAMES:
+        raise ValueError(f"unknown principle {principle!r}; the constitution has {W.PRINCIPLE_NAMES}")
     opener, content, filler = parts
     if principle == "polite":
         opener = W.POLITE_OPENERS[0]
     elif principle == "concise":
         filler = ""
-    elif principle in ("helpful", "honest", "harmless", "not_overcautious"):
+    elif principle in W.CONTENT_PRINCIPLES:
         content = W.answer_content(req)
     return opener, content, filler
 
@@ -151,7 +141,7 @@ def _critique(req, prompt, parts, rng, accuracy=0.85):
         principle = rng.choice(names + [None])
     critique = next(p["critique"] for p in W.PRINCIPLES if p["name"] == principle) if principle else W.GOOD_CRITIQUE
     revision = W.compose(*revise(req, parts, principle)) if principle else response
-    return critique_text(prompt, response, critique, revision)
+    return W.critique_text(prompt, response, critique, revision)
 
 
 def _train_requests(train, rng, n):
@@ -169,7 +159,7 @@ def generate(seed=SEED):
     """Every data file's rows: {file name: [row, ...]}."""
     rng = random.Random(seed)
     train, evals, hard = splits(seed)
-    pretrain = [{"text": chat_text(p, W.compose(*sample_parts(r, rng, BASE_MIX)))}
+    pretrain = [{"text": W.chat_text(p, W.compose(*sample_parts(r, rng, BASE_MIX)))}
                 for r, p in _train_requests(train, rng, N_CHAT)]
     facts = []
     for _ in range(N_FACTS):  # plain text: the world's facts, always true
@@ -196,21 +186,18 @@ def generate(seed=SEED):
         noisy.append({"prompt": p, "response": W.compose(*sample_parts(r, rng, BASE_MIX if corrupted else SFT_MIX)),
                       "corrupted": corrupted})
     prompts = [{"prompt": W.format_prompt(r, *tc), "family": r.family} for r in train for tc in train[r]]
-    constitution = [dict(p) for p in W.PRINCIPLES]
     return {"pretrain.jsonl": pretrain, "sft.jsonl": sft, "sft_noisy.jsonl": noisy, "prompts.jsonl": prompts,
-            "eval.jsonl": evals, "constitution.jsonl": constitution}
+            "eval.jsonl": evals}
 
 
 # ---------------------------------------------------------------- files
-def _dumps(rows):
+def dumps_jsonl(rows):
+    """Rows as JSONL text, keys sorted (so a regenerated file is byte-identical)."""
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
 
 
 def build_tokenizer(texts):
     """A word-level tokenizer trained on `texts`, wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     specials = ["<|pad|>", "<|unk|>", *W.ROLE_TOKENS]
     tok = Tokenizer(models.WordLevel(unk_token="<|unk|>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -238,7 +225,7 @@ def write_all(out_dir=DATA_DIR, seed=SEED):
     files = generate(seed)
     digests = {}
     for name, rows in files.items():
-        text = _dumps(rows)
+        text = dumps_jsonl(rows)
         (out_dir / name).write_text(text)
         digests[name] = hashlib.sha256(text.encode()).hexdigest()
     tok = build_tokenizer(tokenizer_texts(files))
@@ -275,15 +262,12 @@ def read_jsonl(path, schema=None):
 
 def load(name, data_dir=DATA_DIR):
     """A data file as a `datasets.Dataset`, validated row by row first ('sft' or 'sft.jsonl')."""
-    from datasets import Dataset
-
     name = name if name.endswith(".jsonl") else name + ".jsonl"
     return Dataset.from_list(read_jsonl(Path(data_dir) / name))
 
 
 def load_tokenizer(data_dir=DATA_DIR):
-    from transformers import AutoTokenizer
-
+    """The course's word-level tokenizer, shipped with the data."""
     path = Path(data_dir) / "tokenizer"
     if not (path / "tokenizer.json").exists():
         raise FileNotFoundError(f"no tokenizer in {path}; regenerate the data with: python -m course_lib.data")

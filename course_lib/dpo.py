@@ -5,24 +5,27 @@ For a prompt x with a chosen response y_w and a rejected one y_l,
     loss = -log σ( β [ (log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x)) ] )
 
 where log π(y|x) is summed over the response tokens only (prompt and padding masked, as in
-`training.sequence_logprobs`). β (log π - log π_ref) is the policy's implicit reward; the loss
+`chat.response_logprobs`). β (log π - log π_ref) is the policy's implicit reward; the loss
 is Bradley-Terry on the two rewards. There is no reward model and no sampling, but the
 reference π_ref is needed: its log-probs of every chosen and rejected response. They never
 change, so `precompute_reference_logprobs` computes them once before training, and the
 reference model need not be held while the policy trains.
 
-A pair is a dict {"prompt", "chosen", "rejected"} of strings, in the chat format of
-`sft.sft_example`; other keys (annotator, ...) are ignored.
+A pair is a dict {"prompt", "chosen", "rejected"} of strings, in the chat template of
+`chat.response_example`; other keys (annotator, ...) are ignored.
 """
 import math
 import numbers
 import random
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .training import sequence_logprobs
+from . import chat
+from .memory import peak_memory
+from .training import BatchSampler, adamw, check_int, check_step_settings, optimizer_step, run_loop
 
 
 def _check_beta(beta):
@@ -40,7 +43,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
         losses           = -logsigmoid(β ((πc - rc) - (πr - rr)))
         chosen_rewards   = β (πc - rc), detached      (the margin is chosen_rewards - rejected_rewards)
         rejected_rewards = β (πr - rr), detached
-    At policy == reference every loss is ln 2 and every reward 0."""
+    At policy == reference every loss is ln 2 and every reward 0.
+    Taught inline in notebook 08 §1 (From RLHF's objective to a classification loss); the notebook asserts they agree."""
     beta = _check_beta(beta)
     names = ["policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps"]
     inputs = [policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps]
@@ -53,6 +57,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     shapes = {name: tuple(x.shape) for name, x in zip(names, inputs)}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"the four log-prob tensors must have the same shape (one entry per pair), got {shapes}")
+    if policy_chosen_logps.numel() == 0:
+        raise ValueError("no pairs: the DPO loss of an empty batch is undefined")
     chosen_logratios = policy_chosen_logps - ref_chosen_logps  # log π/π_ref (y_w)
     rejected_logratios = policy_rejected_logps - ref_rejected_logps  # log π/π_ref (y_l)
     losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
@@ -73,7 +79,7 @@ def pair_logprobs(model, tokenizer, pairs):
     _check_pairs(pairs)
     prompts = [p["prompt"] for p in pairs] * 2
     responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    logps = sequence_logprobs(model, tokenizer, prompts, responses, batch_size=len(prompts))
+    logps = chat.response_logprobs(model, tokenizer, prompts, responses, batch_size=len(prompts))
     return logps[:len(pairs)], logps[len(pairs):]
 
 
@@ -82,6 +88,7 @@ def precompute_reference_logprobs(ref_model, tokenizer, pairs, batch_size=64):
     """The reference's (chosen, rejected) log-probs for every pair, each (N,), computed once without
     gradients. Keep these two tensors (8 bytes a pair) and the reference model can be let go."""
     _check_pairs(pairs)
+    check_int("batch_size", batch_size)
     ref_model.eval()
     chosen, rejected = [], []
     for i in range(0, len(pairs), batch_size):
@@ -109,55 +116,85 @@ def _nbytes(model):
     return 0 if model is None else sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def train_dpo(policy, tokenizer, pairs, ref_logps=None, ref_model=None, beta=0.1, steps=50, batch_size=64, lr=1e-4,
-              seed=0, warmup=5, weight_decay=0.0, grad_clip=1.0, progress=True, desc="DPO", log_every=10,
-              eval_fn=None, eval_every=None, measure_memory=False):
-    """Train `policy` in place with DPO on `pairs` for `steps` AdamW steps of `batch_size` pairs.
+@dataclass
+class DPOConfig:
+    """DPO's settings."""
 
-    The reference is one of:
-        ref_logps  (ref_chosen, ref_rejected) from `precompute_reference_logprobs` (cached), or
-        ref_model  a frozen model run on every batch (live); the same losses, up to float rounding;
-        neither    the policy itself before its first step, precomputed (the usual case: π_ref = π_SFT).
-    The learning rate warms up linearly for `warmup` steps, then stays constant, so a curve up to
-    step k is the same whatever `steps` is. Dropout is off (the models run in eval mode), as in
-    TRL, so that at step 0 the policy and the reference agree exactly.
+    beta: float = 0.1  # strength of the pull towards the reference (the implicit reward's scale)
+    steps: int = 50  # AdamW steps
+    batch_size: int = 64  # pairs per step (each pair is two sequences)
+    lr: float = 1e-4  # learning rate after warm-up (constant)
+    warmup: int = 5  # steps of linear warm-up; then constant, so a curve up to step k is the same whatever `steps` is
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    grad_clip: float = 1.0  # largest gradient norm (0: no clipping)
+    seed: int = 0  # the batch order (random.Random(seed)) and torch.manual_seed(seed)
 
-    eval_fn(policy) runs at step 0, every `eval_every` steps and at the end; its time is not in
-    "seconds". Returns, per step (batch means): "losses", "margins" (chosen - rejected reward),
-    "accuracies" (fraction of pairs with margin > 0), "chosen_rewards", "rejected_rewards",
-    "chosen_logps", "rejected_logps" (the policy's summed log-probs), "epochs"; and "seconds"
-    (training), "ref_seconds" (precomputing the reference), "evals" [(step, value), ...],
-    "policy_bytes", "reference_bytes" (weights of a live reference, else 0), "cache_bytes"
-    (cached reference log-probs), "peak_step_bytes" (with measure_memory: the most bytes the
-    first step allocated at once, CPU allocator, via `flash.peak_memory`, which slows that step;
-    else None)."""
-    _check_pairs(pairs)
-    beta = _check_beta(beta)
+    def __post_init__(self):
+        _check_beta(self.beta)
+        check_step_settings(self)
+
+
+@dataclass
+class DPOResult:
+    """Per step (batch means), then the run's totals."""
+
+    losses: list
+    margins: list  # chosen reward - rejected reward
+    accuracies: list  # share of pairs with margin > 0
+    chosen_rewards: list  # beta (log pi - log pi_ref) of the chosen responses
+    rejected_rewards: list
+    chosen_logps: list  # the policy's summed log-probs of the chosen responses
+    rejected_logps: list
+    epochs: list  # passes over the pairs so far
+    seconds: float  # training wall-clock, evaluations excluded
+    ref_seconds: float  # precomputing the reference log-probs (0 if they were passed in, or the reference is live)
+    evals: list  # [(step, eval_fn(policy)), ...], step 0 included
+    beta: float
+    policy_bytes: int  # the policy's weights
+    reference_bytes: int  # a live reference's weights, else 0
+    cache_bytes: int  # cached reference log-probs (8 bytes a pair), else 0
+    peak_step_bytes: int = None  # with measure_memory: the most bytes the first step held at once (CPU allocator)
+
+
+def _reference(policy, tokenizer, pairs, ref_logps, ref_model, batch_size):
+    """(ref_chosen, ref_rejected, seconds to compute them) for a cached reference; (None, None, 0) for a live one."""
     if ref_logps is not None and ref_model is not None:
         raise ValueError("pass either ref_logps (cached) or ref_model (live), not both")
     if ref_model is not None and ref_model is policy:
         raise ValueError("ref_model is the policy itself; pass a frozen copy, or neither ref_model nor ref_logps "
                          "to precompute the reference from the policy before training")
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
-    ref_seconds = 0.0
-    if ref_model is None:
-        if ref_logps is None:
-            t0 = time.perf_counter()
-            ref_logps = precompute_reference_logprobs(policy, tokenizer, pairs, batch_size)
-            ref_seconds = time.perf_counter() - t0
-        ref_chosen, ref_rejected = _check_ref_logps(ref_logps, len(pairs))
-    else:
+    if ref_model is not None:
         ref_model.eval()
+        return None, None, 0.0
+    t0 = time.perf_counter()
+    if ref_logps is None:
+        ref_logps = precompute_reference_logprobs(policy, tokenizer, pairs, batch_size)
+        return (*_check_ref_logps(ref_logps, len(pairs)), time.perf_counter() - t0)
+    return (*_check_ref_logps(ref_logps, len(pairs)), 0.0)
 
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
+
+def train_dpo(policy, tokenizer, pairs, cfg=None, ref_logps=None, ref_model=None, eval_fn=None, eval_every=None,
+              progress=True, desc="DPO", measure_memory=False):
+    """Train `policy` in place with DPO on `pairs`; returns a DPOResult.
+
+    The reference is one of:
+        ref_logps  (ref_chosen, ref_rejected) from `precompute_reference_logprobs` (cached), or
+        ref_model  a frozen model run on every batch (live); the same losses, up to float rounding;
+        neither    the policy itself before its first step, precomputed (the usual case: π_ref = π_SFT).
+    Dropout is off (the models run in eval mode), as in TRL, so that at step 0 the policy and the
+    reference agree exactly. eval_fn(policy) runs at step 0, every eval_every steps and at the end.
+    Taught inline in notebook 08 §3 (The reference model: needed, but only once); the notebook asserts they agree."""
+    cfg = DPOConfig() if cfg is None else cfg
+    _check_pairs(pairs)
+    ref_chosen, ref_rejected, ref_seconds = _reference(policy, tokenizer, pairs, ref_logps, ref_model, cfg.batch_size)
+    sampler = BatchSampler(len(pairs), random.Random(cfg.seed))
+    torch.manual_seed(cfg.seed)
     params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    policy.eval()  # dropout off; gradients still flow
+    opt, sched = adamw(params, cfg.lr, cfg.weight_decay, cfg.warmup)
+    peak = None
 
-    def step(idx):
+    def update(idx):
+        policy.eval()  # dropout off; gradients still flow
         batch = [pairs[i] for i in idx]
         pc, pr = pair_logprobs(policy, tokenizer, batch)
         if ref_model is not None:
@@ -165,67 +202,34 @@ def train_dpo(policy, tokenizer, pairs, ref_logps=None, ref_model=None, beta=0.1
                 rc, rr = pair_logprobs(ref_model, tokenizer, batch)
         else:
             rc, rr = ref_chosen[idx], ref_rejected[idx]
-        losses, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, rc.to(pc), rr.to(pc), beta)
+        losses, cr, rj = dpo_loss(pc, pr, rc.to(pc), rr.to(pc), cfg.beta)
         loss = losses.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        sched.step()
-        return loss.item(), chosen_rewards, rejected_rewards, pc.detach(), pr.detach()
+        optimizer_step(loss, opt, sched, params, cfg.grad_clip)
+        return loss.item(), cr, rj, pc.detach(), pr.detach()
 
-    keys = ["losses", "margins", "accuracies", "chosen_rewards", "rejected_rewards", "chosen_logps",
-            "rejected_logps", "epochs"]
-    log = {k: [] for k in keys}
-    evals, eval_seconds, peak = [], 0.0, None
-
-    def run_eval(at):
-        nonlocal eval_seconds
-        t = time.perf_counter()
-        evals.append((at, eval_fn(policy)))
-        policy.eval()
-        eval_seconds += time.perf_counter() - t
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=desc, leave=False)
-    order, pos = [], 0
-    t0 = time.perf_counter()
-    if eval_fn is not None and eval_every:
-        run_eval(0)
-    for s in range(steps):
-        idx = []
-        while len(idx) < batch_size:
-            if pos == len(order):
-                order, pos = rng.sample(range(len(pairs)), len(pairs)), 0
-            idx.append(order[pos])
-            pos += 1
+    def step(s):
+        nonlocal peak
+        idx = sampler.next(cfg.batch_size)
         if measure_memory and s == 0:
-            from .flash import peak_memory
-
-            out, peak = peak_memory(step, idx)
+            out, peak = peak_memory(update, idx)
         else:
-            out = step(idx)
-        loss, cr, rr, pc, pr = out
-        margins = cr - rr
-        for k, v in zip(keys, [loss, margins.mean().item(), (margins > 0).float().mean().item(), cr.mean().item(),
-                               rr.mean().item(), pc.mean().item(), pr.mean().item(),
-                               (s + 1) * batch_size / len(pairs)]):
-            log[k].append(v)
-        if bar is not None:
-            bar.update(1)
-            if s % log_every == 0:
-                bar.set_postfix(loss=f"{loss:.3f}", margin=f"{log['margins'][-1]:.2f}")
-        if eval_fn is not None and eval_every and ((s + 1) % eval_every == 0 or s + 1 == steps):
-            run_eval(s + 1)
-    seconds = time.perf_counter() - t0 - eval_seconds
-    if bar is not None:
-        bar.close()
-    log.update({"seconds": seconds, "ref_seconds": ref_seconds, "evals": evals, "beta": beta,
-                "policy_bytes": _nbytes(policy), "reference_bytes": _nbytes(ref_model),
-                "cache_bytes": 0 if ref_model is not None else ref_chosen.nbytes + ref_rejected.nbytes,
-                "peak_step_bytes": peak})
-    return log
+            out = update(idx)
+        loss, cr, rj, pc, pr = out
+        margins = cr - rj
+        return {"loss": loss, "margin": margins.mean().item(), "accuracy": (margins > 0).float().mean().item(),
+                "chosen_reward": cr.mean().item(), "rejected_reward": rj.mean().item(),
+                "chosen_logp": pc.mean().item(), "rejected_logp": pr.mean().item(),
+                "epoch": (s + 1) * cfg.batch_size / len(pairs)}
+
+    def evaluate():
+        out = eval_fn(policy)
+        policy.eval()
+        return out
+
+    log = run_loop(step, cfg.steps, desc, progress, eval_fn and evaluate, eval_every, eval_at_start=True,
+                   show=("loss", "margin"))
+    r = log.records
+    return DPOResult(r["loss"], r["margin"], r["accuracy"], r["chosen_reward"], r["rejected_reward"], r["chosen_logp"],
+                     r["rejected_logp"], r["epoch"], log.seconds, ref_seconds, log.evals, cfg.beta, _nbytes(policy),
+                     _nbytes(ref_model), 0 if ref_model is not None else ref_chosen.nbytes + ref_rejected.nbytes,
+                     peak)

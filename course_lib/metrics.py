@@ -1,36 +1,21 @@
-"""Ask a model for responses and score them with the world's gold reward."""
+"""Measure models in the world: responses scored by the gold reward, failure rates, harm and help, KL.
+
+    evaluate(model, tok, prompts)  ->  rows (one per response: total, breakdown, failures), summary
+"""
 import statistics
 
 import torch
 
+from . import chat
 from . import world as W
-from .data import chat_prompt
-from .model import generate_tokens, max_positions
-from .training import collate
-
-
-def respond(model, tokenizer, prompts, temperature=0.0, max_new_tokens=40, batch_size=64, seed=0):
-    """The model's response text to each prompt (greedy at temperature 0, sampled otherwise).
-
-    A response ends at <|end|>, or where a completion engine starts a critique (<|critique|>)."""
-    stops = tokenizer.convert_tokens_to_ids(["<|end|>", "<|critique|>"])
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
-        encoded = [tokenizer(chat_prompt(p), add_special_tokens=False).input_ids for p in chunk]
-        ids, _, mask = collate([(e, e) for e in encoded], tokenizer.pad_token_id, left_pad=True)
-        room = max_positions(model.config) - ids.shape[1]
-        full = generate_tokens(model, ids, min(max_new_tokens, room), temperature=temperature,
-                               eos_token_id=stops, attention_mask=mask, generator=gen)
-        for row in full[:, ids.shape[1]:].tolist():
-            cut = min([row.index(s) for s in stops if s in row], default=len(row))
-            out.append(tokenizer.decode(row[:cut], skip_special_tokens=False).strip())
-    return out
 
 
 def score(prompts, responses):
     """Per-response gold scores: a list of dicts with prompt, response, family, total, breakdown, failures."""
+    if isinstance(prompts, str) or isinstance(responses, str):
+        raise ValueError("prompts and responses must be lists of strings (wrap a single one in a list)")
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses: pass one response per prompt")
     rows = []
     for p, r in zip(prompts, responses):
         g = W.gold_reward(p, r)
@@ -41,6 +26,8 @@ def score(prompts, responses):
 
 def summarize(rows):
     """Mean gold total and breakdown, rate of each failure kind, and mean total per family."""
+    if not rows:
+        raise ValueError("no scored rows to summarise")
     n = len(rows)
     out = {"gold_reward": statistics.fmean(r["total"] for r in rows), "n": n}
     for k in W.WEIGHTS:
@@ -55,7 +42,8 @@ def summarize(rows):
 
 def evaluate(model, tokenizer, prompts, temperature=0.0, seed=0, max_new_tokens=40):
     """(rows, summary) of the model's responses to prompts under the gold reward."""
-    responses = respond(model, tokenizer, prompts, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens)
+    responses = chat.respond(model, tokenizer, prompts, temperature=temperature, seed=seed,
+                             max_new_tokens=max_new_tokens)
     rows = score(prompts, responses)
     return rows, summarize(rows)
 
@@ -66,18 +54,42 @@ RATE_OF = {  # failure kind -> the family it is measured on (None = every family
 }
 
 
+def _rate(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
 def behaviour_rates(rows):
-    """Each failure kind's rate among the requests where it can happen (e.g. invented facts among unknowns)."""
-    out = {}
-    for kind, fam in RATE_OF.items():
-        sub = [r for r in rows if fam is None or r["family"] == fam]
-        out[kind] = sum(kind in r["failures"] for r in sub) / len(sub) if sub else float("nan")
-    return out
+    """Each failure kind's rate among the requests where it can happen (e.g. invented facts among unknowns);
+    NaN for a kind whose family is absent from the rows."""
+    if not rows:
+        raise ValueError("no scored rows: pass the rows of metrics.score")
+    return {kind: _rate([kind in r["failures"] for r in rows if fam is None or r["family"] == fam])
+            for kind, fam in RATE_OF.items()}
 
 
-def split_transcript(text):
-    """(prompt, response) of a '<|user|> P <|assistant|> R <|end|>' transcript."""
-    if not text.startswith("<|user|> ") or " <|assistant|> " not in text:
-        raise ValueError(f"not a chat transcript: {text[:60]!r}")
-    prompt, rest = text[len("<|user|> "):].split(" <|assistant|> ", 1)
-    return prompt, rest.split(" <|critique|>")[0].replace("<|end|>", "").strip()
+def harm_help(rows):
+    """From scored rows (`score`): harmlessness = share of forbidden requests not helped with;
+    helpfulness = mean gold "helpful" on the benign requests (every family but forbidden);
+    overrefusal = share of benign look-alike requests ("a bath bomb") refused; gold = mean total.
+    A rate whose requests are absent from the rows is NaN."""
+    if not rows:
+        raise ValueError("no scored rows: pass the rows of metrics.score")
+    forbidden = [r for r in rows if r["family"] == "forbidden"]
+    benign = [r for r in rows if r["family"] != "forbidden"]
+    lookalike = [r for r in rows if r["family"] == "howto" and W.parse_request(r["prompt"]).lookalike]
+    return {"harmless": _rate([r["harmless"] == 1.0 for r in forbidden]),
+            "helpful": _rate([r["helpful"] for r in benign]),
+            "overrefusal": _rate([W.is_refusal(r["response"]) for r in lookalike]),
+            "gold": _rate([r["total"] for r in rows]), "n": len(rows)}
+
+
+@torch.no_grad()
+def exact_kl(policy, ref, gen):
+    """KL(policy || ref) of each generated response, (B,): at every response position the exact KL over
+    the whole vocabulary, summed over the response's tokens. `gen` is a `chat.Generation`."""
+    if not isinstance(gen, chat.Generation):
+        raise ValueError(f"gen must be a chat.Generation (from chat.generate or chat.sample_responses), got "
+                         f"{type(gen).__name__}")
+    lp = torch.log_softmax(policy(gen.ids, attention_mask=gen.mask).logits[:, gen.prompt_len - 1:-1].float(), -1)
+    lq = torch.log_softmax(ref(gen.ids, attention_mask=gen.mask).logits[:, gen.prompt_len - 1:-1].float(), -1)
+    return ((lp.exp() * (lp - lq)).sum(-1) * gen.response_mask).sum(-1)

@@ -13,9 +13,14 @@ import argparse
 import ast
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
+
+import nbformat
+import papermill as pm
+from nbconvert import HTMLExporter
 
 from . import report
 from .paths import BUILD_DIR, NOTEBOOKS_DIR, metrics_dir
@@ -56,8 +61,6 @@ def _error_summary(exc):
         parts.insert(0, f"in cell [{exc.exec_count}]")
     tb = getattr(exc, "traceback", None)
     if tb:
-        import re
-
         clean = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(tb))
         parts.append("\n".join(clean.splitlines()[-15:]))
     return "\n".join(parts)
@@ -73,17 +76,12 @@ def _strip_run_metadata(nb):
 
 
 def write_html(ipynb_path, html_path):
-    import nbformat
-    from nbconvert import HTMLExporter
-
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(ipynb_path), as_version=4))
     Path(html_path).write_text(body, encoding="utf-8")
 
 
 def run_notebook(path, parameters, out_dir, timeout=None):
     """Execute one notebook; return (seconds, status, error text or None)."""
-    import papermill as pm
-
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
     t0 = time.perf_counter()
@@ -209,8 +207,6 @@ def main(argv=None):
         if error:
             print(f"\n{path.name} FAILED {error}\n", file=sys.stderr, flush=True)
         elif args.update:
-            import nbformat
-
             nb = _strip_run_metadata(nbformat.read(str(args.out / path.name), as_version=4))
             nbformat.write(nb, str(path))
         rows.append({"notebook": path.stem, "seconds": seconds, "status": status, "metrics": report.load(path.stem)})

@@ -5,27 +5,40 @@
 
 The prompt is context, not something to imitate, so its tokens get label -100.
 """
-from .data import chat_prompt
-from .training import IGNORE, train
+from dataclasses import dataclass
+
+from . import chat
+from .training import TrainConfig, train
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """SFT: next-token training on demonstrations (TrainConfig's fields, SFT's defaults)."""
+
+    steps: int = 300  # AdamW steps
+    lr: float = 5e-4  # peak learning rate, lower than pretraining's
+    mask_prompt: bool = True  # no loss on the prompt's tokens (labels -100)
 
 
 def sft_example(tokenizer, prompt, response, mask_prompt=True):
-    """(input_ids, labels) for one demonstration; labels are -100 on the prompt when mask_prompt."""
-    if not isinstance(prompt, str) or not isinstance(response, str):
-        raise ValueError("prompt and response must be strings")
-    p_ids = tokenizer(chat_prompt(prompt), add_special_tokens=False).input_ids
-    r_ids = tokenizer(f"{response} <|end|>", add_special_tokens=False).input_ids
-    ids = p_ids + r_ids
-    labels = ([IGNORE] * len(p_ids) if mask_prompt else list(p_ids)) + r_ids
-    return ids, labels
+    """(input_ids, labels) for one demonstration; labels are -100 on the prompt when mask_prompt.
+
+    Taught inline in notebook 05 §2 (The SFT loss, with the prompt masked); the notebook asserts they agree."""
+    return chat.response_example(tokenizer, prompt, response, mask_prompt)
 
 
 def sft_examples(tokenizer, rows, mask_prompt=True):
+    """Examples of demonstration rows {"prompt", "response"}."""
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or "prompt" not in r or "response" not in r:
+            raise ValueError(f"row {i} must be a dict with 'prompt' and 'response', got {r!r}")
     return [sft_example(tokenizer, r["prompt"], r["response"], mask_prompt) for r in rows]
 
 
-def train_sft(model, tokenizer, rows, steps=300, batch_size=32, lr=5e-4, seed=0, mask_prompt=True, **kw):
-    """Fine-tune `model` in place on demonstration rows {"prompt", "response"}; returns train()'s log."""
-    examples = sft_examples(tokenizer, rows, mask_prompt)
-    return train(model, examples, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                 pad_id=tokenizer.pad_token_id, desc="SFT", **kw)
+def train_sft(model, tokenizer, rows, cfg=None, eval_fn=None, eval_every=None, progress=True):
+    """Fine-tune `model` in place on demonstration rows {"prompt", "response"}; returns a TrainResult."""
+    cfg = SFTConfig() if cfg is None else cfg
+    if not rows:
+        raise ValueError("no demonstrations to fine-tune on")
+    return train(model, sft_examples(tokenizer, rows, cfg.mask_prompt), cfg, pad_id=chat.pad_id(tokenizer),
+                 eval_fn=eval_fn, eval_every=eval_every, progress=progress, desc="SFT")
