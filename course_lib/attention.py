@@ -12,10 +12,15 @@ tests check it), and can also return the attention weights, which torch's cannot
 """
 import copy
 import math
+import numbers
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_qkv(q, k, v):
@@ -76,12 +81,25 @@ def causal_mask(T_q, T_k=None, device=None, offset=0):
     offset=0 aligns it top-left like torch's ``is_causal=True``; when T_q new queries
     follow T_k - T_q cached keys (decoding with a KV cache) use offset = T_k - T_q."""
     T_k = T_q if T_k is None else T_k
+    for name, value in (("T_q", T_q), ("T_k", T_k)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{name} must be a positive integer (a number of positions), got {value!r}")
+    if not _is_int(offset):
+        raise ValueError(f"offset must be an integer (T_k - T_q when new queries follow cached keys), got {offset!r}")
     return torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
 def padding_mask(lengths, T):
     """Boolean (B, 1, 1, T) mask, True for the first ``lengths[b]`` (real) key positions."""
+    if not _is_int(T) or T < 1:
+        raise ValueError(f"T must be a positive integer (the padded length), got {T!r}")
     lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.numel() == 0 or lengths.is_floating_point() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be a non-empty list of integer lengths, one per sequence, "
+                         f"got {lengths.tolist()!r}")
+    if bool((lengths < 1).any()) or bool((lengths > T).any()):
+        raise ValueError(f"every length must be in 1..T={T} (a sequence has at least one real token and at most T), "
+                         f"got {lengths.tolist()}; pad to T = the longest length")
     return (torch.arange(T, device=lengths.device)[None, :] < lengths[:, None])[:, None, None, :]
 
 
@@ -99,8 +117,13 @@ def scaled_dot_product_attention(
     T_q, T_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
     if is_causal and attn_mask is not None:
         raise ValueError("pass either attn_mask or is_causal=True, not both (fold the causal mask into attn_mask)")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if not isinstance(is_causal, bool):
+        raise ValueError(f"is_causal must be True or False, got {is_causal!r}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a number in [0, 1) (0 = no dropout), got {dropout_p!r}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
+                              or not math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number (default None = 1/sqrt(d)), got {scale!r}")
     scale = 1.0 / math.sqrt(d) if scale is None else scale
 
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., T_q, T_k)
@@ -131,7 +154,9 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model, n_heads, n_kv_heads=None, dropout=0.0, bias=False):
         super().__init__()
-        if not (isinstance(n_heads, int) and n_heads >= 1):
+        if not _is_int(d_model) or d_model < 1:
+            raise ValueError(f"d_model must be a positive integer (the embedding width), got {d_model!r}")
+        if not (_is_int(n_heads) and n_heads >= 1):
             raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
         if d_model % n_heads != 0:
             divisors = [h for h in range(1, d_model + 1) if d_model % h == 0]
@@ -140,11 +165,13 @@ class MultiHeadAttention(nn.Module):
                 f"choose n_heads among the divisors of d_model: {divisors}"
             )
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        if not (isinstance(n_kv_heads, int) and 1 <= n_kv_heads <= n_heads) or n_heads % n_kv_heads:
+        if not (_is_int(n_kv_heads) and 1 <= n_kv_heads <= n_heads) or n_heads % n_kv_heads:
             raise ValueError(
                 f"n_kv_heads={n_kv_heads!r} must divide n_heads={n_heads} (1 = MQA, n_heads = MHA); "
                 f"choose one of {[h for h in range(1, n_heads + 1) if n_heads % h == 0]}"
             )
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1) (0 = no dropout), got {dropout!r}")
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
         self.d_head = d_model // n_heads
         self.group = n_heads // n_kv_heads  # query heads per K/V head
@@ -159,8 +186,11 @@ class MultiHeadAttention(nn.Module):
         attn_mask broadcasts to (B, n_heads, T, T_k). With a `course_lib.kv_cache.KVCache`,
         the new keys/values are appended to `cache` at index `layer` and the queries
         attend to every cached position (T_k = past + T)."""
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must have shape (batch, T, d_model={self.d_model}), got {tuple(x.shape)}")
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must be a tensor of shape (batch, T, d_model={self.d_model}), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if not isinstance(is_causal, bool):
+            raise ValueError(f"is_causal must be True or False, got {is_causal!r}")
         B, T, _ = x.shape
         H, Hkv, G, dh = self.n_heads, self.n_kv_heads, self.group, self.d_head
         q, k, v = self.qkv(x).split([H * dh, Hkv * dh, Hkv * dh], dim=-1)
@@ -256,7 +286,7 @@ def convert_mha_to_gqa(module, n_kv_heads, method="mean", generator=None):
     if not layers:
         raise ValueError(f"{type(module).__name__} contains no course_lib MultiHeadAttention to convert")
     for attn in layers:
-        if not (isinstance(n_kv_heads, int) and 1 <= n_kv_heads <= attn.n_kv_heads) or attn.n_kv_heads % n_kv_heads:
+        if not (_is_int(n_kv_heads) and 1 <= n_kv_heads <= attn.n_kv_heads) or attn.n_kv_heads % n_kv_heads:
             choices = [h for h in range(1, attn.n_kv_heads + 1) if attn.n_kv_heads % h == 0]
             raise ValueError(f"n_kv_heads={n_kv_heads!r} must divide the layer's {attn.n_kv_heads} K/V heads "
                              f"(1 = MQA); choose one of {choices}")

@@ -16,10 +16,20 @@ import time
 
 import torch
 import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
 
+from . import checkpoints, training
+from . import data as D
 from .attention import scaled_dot_product_attention as naive_attention
-from .flash import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, flash_attention, peak_memory
+from .flash import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, flash_attention
 from .kv_cache import human_bytes
+from .memory import peak_memory
+from .model import GPT, GPTConfig
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
 
 ATTENTION = {  # name -> f(q, k, v, is_causal=...)
     "naive": naive_attention,  # notebook 01's attention: materialises the T x T scores and weights
@@ -33,8 +43,15 @@ def flash_rows(sizes=(1024, 2048, 4096, 8192), batch=1, heads=1, d=64, repeats=5
     """One dict per sequence length T: best-of-`repeats` seconds of each implementation
     ('naive_s', 'tiled_s', 'sdpa_s'), their ratios to SDPA ('naive_over_sdpa', 'tiled_over_sdpa')
     and, if memory, the peak bytes each call allocates ('naive_peak_bytes', ...)."""
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    sizes = list(sizes) if isinstance(sizes, (list, tuple, range)) else sizes
+    if not isinstance(sizes, list) or not sizes:
+        raise ValueError(f"sizes must be a non-empty list of sequence lengths such as [1024, 4096], got {sizes!r}")
+    for T in sizes:
+        _check_positive_int("every size T", T)
+    for name, value in (("batch", batch), ("heads", heads), ("d", d), ("repeats", repeats)):
+        _check_positive_int(name, value)
+    if not isinstance(is_causal, bool):
+        raise ValueError(f"is_causal must be True or False, got {is_causal!r}")
     g = torch.Generator().manual_seed(seed)
     rows = []
     for T in sizes:
@@ -58,6 +75,9 @@ def flash_rows(sizes=(1024, 2048, 4096, 8192), batch=1, heads=1, d=64, repeats=5
 
 
 def format_flash_rows(rows):
+    """The rows of `flash_rows` as a text table (times in ms, peaks in binary units)."""
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"rows must be the non-empty list of dicts that flash_rows returns, got {rows!r}")
     head = f"{'T':>6} | {'naive ms':>9} {'tiled ms':>9} {'SDPA ms':>9} | {'naive/SDPA':>10} {'tiled/SDPA':>10}"
     if "naive_peak_bytes" in rows[0]:
         head += f" | {'peak naive':>11} {'peak tiled':>11} {'peak SDPA':>11}"
@@ -75,15 +95,16 @@ def model_rows(steps=20, repeats=3, batch_size=32, seed=0):
     """Training throughput (non-padding tokens per second) of the course's GPT and of
     transformers' GPT2LMHeadModel of the same size, on the same pretraining batches; the rounds
     alternate between the two and each keeps its best round."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from . import data as D
-    from .checkpoints import BASE_CONFIG
-    from .model import GPT, GPTConfig
-    from .training import collate, lm_example, lm_loss
-
+    for name, value in (("steps", steps), ("repeats", repeats), ("batch_size", batch_size)):
+        _check_positive_int(name, value)
+    BASE_CONFIG = checkpoints.BASE_CONFIG
+    collate, lm_example, lm_loss = training.collate, training.lm_example, training.lm_loss
     tok = D.load_tokenizer()
-    texts = [r["text"] for r in D.read_jsonl(D.DATA_DIR / "pretrain.jsonl")[: steps * batch_size]]
+    corpus = D.read_jsonl(D.DATA_DIR / "pretrain.jsonl")
+    if len(corpus) < steps * batch_size:
+        raise ValueError(f"steps={steps} x batch_size={batch_size} needs {steps * batch_size} documents but the "
+                         f"pretraining corpus has {len(corpus)}; use steps <= {len(corpus) // batch_size}")
+    texts = [r["text"] for r in corpus[: steps * batch_size]]
     batches = [collate([lm_example(tok, t) for t in texts[i:i + batch_size]], tok.pad_token_id)
                for i in range(0, len(texts), batch_size)]
     torch.manual_seed(seed)

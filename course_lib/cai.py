@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from . import chat, dpo, sft
+from . import chat, dpo, metrics, sft
 from . import data as D
 from . import world as W
 from .model import max_positions
@@ -319,17 +319,13 @@ def critic_accuracy(critic, prompts, responses):
     gold = [W.violated_principles(p, r) for p, r in zip(prompts, responses)]
     correct = [(n in g) if g else n is None for n, g in zip(named, gold)]
     out = {"accuracy": sum(correct) / len(correct), "n": len(correct),
-           "flawless_called_good": _rate([n is None for n, g in zip(named, gold) if not g]),
-           "flawed_caught": _rate([n in g for n, g in zip(named, gold) if g])}
+           "flawless_called_good": metrics.rate([n is None for n, g in zip(named, gold) if not g]),
+           "flawed_caught": metrics.rate([n in g for n, g in zip(named, gold) if g])}
     for p in PRINCIPLE_NAMES:
         probs = critic.violation_probs(prompts, responses, p)
-        out[f"recall_{p}"] = _rate([pr >= 0.5 for pr, g in zip(probs, gold) if p in g])
-        out[f"false_alarm_{p}"] = _rate([pr >= 0.5 for pr, g in zip(probs, gold) if p not in g])
+        out[f"recall_{p}"] = metrics.rate([pr >= 0.5 for pr, g in zip(probs, gold) if p in g])
+        out[f"false_alarm_{p}"] = metrics.rate([pr >= 0.5 for pr, g in zip(probs, gold) if p not in g])
     return out
-
-
-def _rate(xs):
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 # ---------------------------------------------------------------- SL-CAI: critique -> revision, repeated

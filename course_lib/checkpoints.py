@@ -28,6 +28,7 @@ import random
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 import types
 from dataclasses import dataclass, field
@@ -140,8 +141,15 @@ def _strip_docstrings(tree):
 
 
 def _code_digest(source):
-    """The code of `source`, docstrings and comments aside (they do not change what is built)."""
-    return hashlib.sha256(ast.dump(_strip_docstrings(ast.parse(source))).encode()).hexdigest()
+    """The code of `source`, docstrings and comments aside (they do not change what is built).
+
+    A nested function's source is indented: it is dedented first. Source that still does not parse
+    on its own (a lambda inside a longer line) is hashed as text."""
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        return hashlib.sha256(source.encode()).hexdigest()
+    return hashlib.sha256(ast.dump(_strip_docstrings(tree)).encode()).hexdigest()
 
 
 def _code_closure(fn):
@@ -265,7 +273,10 @@ def ensure(name, progress=True, **overrides):
 
 def get(name, progress=True, **overrides):
     """Artefact `name` (recipe parameters overridden by keyword), built and cached first if needed: a model
-    (eval mode), a reward model, or for "preferences" a dict {"train": rows, "val": rows}."""
+    (eval mode), a reward model, or for "preferences" a dict {"train": rows, "val": rows}.
+
+    Overrides change this artefact's own recipe only: get("ppo", seed=1) trains PPO with seed 1 from the
+    default ("seed 0") SFT model and reward model."""
     return artefact(name).loader(ensure(name, progress, **overrides))
 
 

@@ -3,12 +3,14 @@
 Checks each pinned requirement against what is installed, the Python version, torch's
 threads and device, and that the course's caches are writable. Exit status 1 on a FAIL.
 """
+import importlib
 import os
 import platform
 import re
 import sys
 import tempfile
 from importlib import metadata
+from pathlib import Path
 
 from .paths import CACHE_DIR, REPO_ROOT, metrics_dir
 
@@ -17,6 +19,9 @@ _PIN = re.compile(r"^([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)")
 
 def pinned_requirements(path=REPO_ROOT / "requirements.txt"):
     """[(name, wanted version)] for every `name==version` line of requirements.txt."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no requirements file at {path}; pass the path of the course's requirements.txt")
     pins = []
     for line in path.read_text().splitlines():
         m = _PIN.match(line.strip())
@@ -27,6 +32,11 @@ def pinned_requirements(path=REPO_ROOT / "requirements.txt"):
 
 def check_requirements(pins):
     """[(ok, line)] comparing each pin with the installed version."""
+    pins = list(pins)
+    for pin in pins:
+        if not (isinstance(pin, tuple) and len(pin) == 2 and all(isinstance(x, str) and x for x in pin)):
+            raise ValueError(f"each pin must be a (name, version) pair of strings, as pinned_requirements() "
+                             f"gives, got {pin!r}")
     rows = []
     for name, wanted in pins:
         try:
@@ -53,9 +63,8 @@ def main():
     rows = check_requirements(pinned_requirements())
     ok_py = sys.version_info[:2] >= (3, 10)
     rows.append((ok_py, f"[{'OK' if ok_py else 'FAIL'}] python: {platform.python_version()} ({sys.executable})"))
-    try:
-        import torch
-
+    try:  # deliberately imported here: a broken torch install is one of the things the doctor reports
+        torch = importlib.import_module("torch")
         device = "cuda" if torch.cuda.is_available() else "cpu"
         rows.append((True, f"[OK] torch: {torch.get_num_threads()} threads, device {device}, "
                            f"{os.cpu_count()} CPUs seen"))

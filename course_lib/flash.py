@@ -18,12 +18,12 @@ block by block and never holds more than one (block_q, block_k) tile of scores:
 The backward recomputes each tile's probabilities from L (P = exp(S - L)) instead of
 storing them, so training needs O(T) extra memory too.
 
-Also here: `peak_memory` (the most bytes a call holds at once, from torch.profiler's
-allocator events) and a simulated two-level memory that counts the HBM traffic of
-standard and tiled attention (`standard_attention_io`, `flash_attention_io`).
+Also here: a simulated two-level memory that counts the HBM traffic of standard and tiled
+attention (`standard_attention_io`, `flash_attention_io`). The peak-memory measurement is
+`course_lib.memory.peak_memory`.
 """
 import math
-import os
+import numbers
 
 import torch
 
@@ -38,6 +38,10 @@ def online_softmax(x, block):
 
     One pass keeps a running max m and a running sum l of exp(x - m); when a chunk raises
     the max, the sum so far is rescaled by exp(m_old - m_new). A second pass normalises."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point():
+        got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating torch.Tensor with at least one dimension (the softmax runs over "
+                         f"the last), got a {got}; convert integers with .float()")
     block = _check_block("block", block)
     m = torch.full(x.shape[:-1] + (1,), -math.inf, dtype=x.dtype, device=x.device)
     l = torch.zeros_like(m)
@@ -57,8 +61,16 @@ def _check_block(name, value, default=None):
     return value
 
 
-def _check(q, k, v, scale, block_q, block_k):
+def _check_sram(sram_size):
+    if isinstance(sram_size, bool) or not isinstance(sram_size, int) or sram_size < 1:
+        raise ValueError(f"sram_size must be a positive number of elements (an int such as 4096), got {sram_size!r}")
+    return sram_size
+
+
+def _check(q, k, v, scale, block_q, block_k, is_causal=False):
     """Validate flash attention's inputs; return (scale, block_q, block_k)."""
+    if not isinstance(is_causal, bool):
+        raise ValueError(f"is_causal must be True or False, got {is_causal!r}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -122,7 +134,7 @@ def flash_attention_forward(q, k, v, is_causal=False, scale=None, block_q=None, 
 
     lse is the log-sum-exp of each query's scaled scores, log sum_j exp(s_j): all the
     backward needs to rebuild any probability, p_j = exp(s_j - lse)."""
-    scale, block_q, block_k = _check(q, k, v, scale, block_q, block_k)
+    scale, block_q, block_k = _check(q, k, v, scale, block_q, block_k, is_causal)
     B, H, T_q, _ = q.shape
     T_k, d_v = k.shape[-2], v.shape[-1]
     work = _work_dtype(q.dtype)
@@ -155,9 +167,13 @@ def flash_attention_backward(dout, q, k, v, out, lse, is_causal=False, scale=Non
 
     With P = exp(S - lse), dP = dO V^T and D = rowsum(dO * O) (= rowsum(P * dP)):
     dV = P^T dO,  dS = P * (dP - D),  dQ = scale * dS K,  dK = scale * dS^T Q."""
-    scale, block_q, block_k = _check(q, k, v, scale, block_q, block_k)
+    scale, block_q, block_k = _check(q, k, v, scale, block_q, block_k, is_causal)
     B, H, T_q, _ = q.shape
     T_k, d_v = k.shape[-2], v.shape[-1]
+    for name, t in (("dout", dout), ("out", out), ("lse", lse)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor (out and lse from flash_attention_forward), "
+                             f"got {type(t).__name__}")
     if tuple(dout.shape) != (B, H, T_q, d_v) or tuple(out.shape) != (B, H, T_q, d_v):
         raise ValueError(f"dout and out must have the output's shape {(B, H, T_q, d_v)}, "
                          f"got {tuple(dout.shape)} and {tuple(out.shape)}")
@@ -210,29 +226,8 @@ def flash_attention(q, k, v, is_causal=False, scale=None, block_q=None, block_k=
     of the blocks). is_causal masks keys after their query, top-left aligned like torch.
     scale defaults to 1/sqrt(d); block_q/block_k default to DEFAULT_BLOCK_Q/DEFAULT_BLOCK_K.
     float16/bfloat16 inputs are computed in float32 and returned in their own dtype."""
-    _check(q, k, v, scale, block_q, block_k)  # fail here, with the caller's names, not inside autograd
+    _check(q, k, v, scale, block_q, block_k, is_causal)  # fail here, with the caller's names, not inside autograd
     return FlashAttentionFunction.apply(q, k, v, is_causal, scale, block_q, block_k)
-
-
-def peak_memory(fn, *args, **kwargs):
-    """(fn(*args, **kwargs), the most bytes the call held at once), from torch.profiler.
-
-    The profiler (profile_memory=True) records every allocation and free of PyTorch's CPU
-    allocator, kernel-internal buffers included; replaying them in time order gives the
-    live bytes at every moment, and their maximum is the peak. Memory held before the call
-    (the inputs) is not counted; the result, if it is a new tensor, is."""
-    from torch.profiler import ProfilerActivity, profile
-
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # keep the profiler's start/stop log lines out of notebooks
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn(*args, **kwargs)
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return result, peak
 
 
 # ---- a two-level memory: how many elements move between HBM and SRAM --------------------------
@@ -243,25 +238,37 @@ class TwoLevelMemory:
     elements moved between them; `fits` checks that a working set fits in the SRAM."""
 
     def __init__(self, sram_size):
-        if isinstance(sram_size, bool) or not isinstance(sram_size, int) or sram_size < 1:
-            raise ValueError(f"sram_size must be a positive number of elements, got {sram_size!r}")
+        _check_sram(sram_size)
         self.sram_size, self.reads, self.writes, self.peak_sram = sram_size, 0, 0, 0
 
     def read(self, hbm_tensor):
         """HBM -> SRAM: returns the tile, counts its elements."""
+        if not isinstance(hbm_tensor, torch.Tensor):
+            raise ValueError(f"read takes a torch.Tensor held in HBM, got {type(hbm_tensor).__name__}")
         self.reads += hbm_tensor.numel()
         return hbm_tensor.clone()
 
     def write(self, hbm_view, tile):
         """SRAM -> HBM: copies the tile into HBM, counts its elements."""
+        if not isinstance(hbm_view, torch.Tensor) or not isinstance(tile, torch.Tensor):
+            raise ValueError(f"write takes two torch.Tensors (the HBM view, the tile), "
+                             f"got {type(hbm_view).__name__} and {type(tile).__name__}")
+        if hbm_view.shape != tile.shape:
+            raise ValueError(f"the tile {tuple(tile.shape)} must have the shape of the HBM view it is written to "
+                             f"{tuple(hbm_view.shape)}; slice the view to the tile (e.g. out[i:i + len(tile)])")
         hbm_view.copy_(tile)
         self.writes += tile.numel()
 
     def fits(self, *tiles):
         """Check that tiles (tensors or element counts) held at once fit in the SRAM."""
+        for t in tiles:
+            if not isinstance(t, torch.Tensor) and (isinstance(t, bool) or not isinstance(t, numbers.Integral)
+                                                    or t < 0):
+                raise ValueError(f"fits takes tensors or non-negative integer element counts, got {t!r}")
         n = sum(t.numel() if isinstance(t, torch.Tensor) else int(t) for t in tiles)
         if n > self.sram_size:
-            raise ValueError(f"a working set of {n} elements does not fit in an SRAM of {self.sram_size}")
+            raise ValueError(f"a working set of {n} elements does not fit in an SRAM of {self.sram_size}; "
+                             "use smaller tiles or a larger sram_size")
         self.peak_sram = max(self.peak_sram, n)
 
     @property
@@ -274,8 +281,17 @@ def _check_single_head(q, k, v):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
             raise ValueError(f"{name} must be one head, a (T, d) tensor, got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating tensor, got {t.dtype}; convert with .float()")
     if q.shape[1] != k.shape[1] or k.shape[0] != v.shape[0]:
-        raise ValueError(f"shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(f"shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; "
+                         "q and k need the same d, k and v the same number of positions T_k")
+    if min(q.shape[0], k.shape[0], q.shape[1], v.shape[1]) == 0:
+        raise ValueError(f"attention needs at least one query, one key and d >= 1, got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}; "
+                         "convert them with .to(q.dtype)")
 
 
 def standard_attention_io(q, k, v, sram_size):
@@ -286,6 +302,7 @@ def standard_attention_io(q, k, v, sram_size):
     Square b x b tiles, the largest with Q/P tile + K/V tile + S tile = 2bd + b^2 <= M.
     Returns (output, memory); memory.accesses is the HBM traffic in elements."""
     _check_single_head(q, k, v)
+    _check_sram(sram_size)
     T, d = q.shape
     T_k, d_v = k.shape[0], v.shape[1]
     b = math.isqrt(max(d, d_v) ** 2 + sram_size) - max(d, d_v)
@@ -331,6 +348,9 @@ def flash_block_sizes(d, sram_size):
     Q_i and O_i (2 B_r d), m_i and l_i (2 B_r), K_j and V_j (2 B_c d) and the score tile
     (B_r B_c) must fit in M. K and V are read once per query block, so the traffic is
     ~ 2 T^2 d / B_r = Theta(T^2 d^2 / M)."""
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise ValueError(f"d must be a positive integer (the head dimension), got {d!r}")
+    _check_sram(sram_size)
     bc = min(sram_size // (4 * d), d)
     br = (sram_size - 2 * bc * d) // (2 * d + 2 + bc) if bc >= 1 else 0
     if br < 1:

@@ -7,6 +7,9 @@ n_kv_heads < n_head). The model works with `generate()`, `save_pretrained()` /
 `from_pretrained()` (safetensors) and `AutoModelForCausalLM` (registered on import).
 `generate_tokens` is the course's own short decoding loop (greedy or sampled, KV cache or not).
 """
+import math
+import numbers
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,6 +18,65 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .attention import MultiHeadAttention, causal_mask
 from .kv_cache import KVCache
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _divisors(n):
+    """'1, 2 or 4': the divisors of n, for an error message."""
+    ds = [str(h) for h in range(1, n + 1) if n % h == 0]
+    return ds[0] if len(ds) == 1 else ", ".join(ds[:-1]) + " or " + ds[-1]
+
+
+def _is_token_id(value):
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+    return _is_int(value)
+
+
+def _token_id_list(value):
+    """One token id or a non-empty list (tuple, set, 1-D tensor) of them, as a list of ints; None if neither."""
+    if _is_token_id(value):
+        return [int(value)]
+    if isinstance(value, (list, tuple, set)) or isinstance(value, torch.Tensor) and value.dim() == 1:
+        ids = list(value)
+        if ids and all(_is_token_id(i) for i in ids):
+            return [int(i) for i in ids]
+    return None
+
+
+def _check_config(vocab_size, n_positions, n_embd, n_layer, n_head, n_kv_heads, n_inner, dropout,
+                  layer_norm_epsilon, initializer_range, token_ids):
+    for name, value in (("vocab_size", vocab_size), ("n_positions", n_positions), ("n_embd", n_embd),
+                        ("n_layer", n_layer), ("n_head", n_head), ("n_kv_heads", n_kv_heads), ("n_inner", n_inner)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if n_embd % n_head:
+        raise ValueError(f"n_head must divide n_embd (got n_embd={n_embd}, n_head={n_head}): "
+                         f"choose a divisor such as {_divisors(n_embd)}")
+    if n_head % n_kv_heads:
+        raise ValueError(f"n_kv_heads must divide n_head (got n_head={n_head}, n_kv_heads={n_kv_heads}): "
+                         f"choose a divisor such as {_divisors(n_head)} (1 = MQA, n_head = MHA)")
+    if not _is_real(dropout) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1) (0 = no dropout), got {dropout!r}")
+    if not _is_real(layer_norm_epsilon) or layer_norm_epsilon <= 0:
+        raise ValueError(f"layer_norm_epsilon must be a small positive number such as 1e-5, got {layer_norm_epsilon!r}")
+    if not _is_real(initializer_range) or initializer_range < 0:
+        raise ValueError(f"initializer_range must be a non-negative number (the init std, e.g. 0.02), "
+                         f"got {initializer_range!r}")
+    for name, value in token_ids.items():
+        if value is None:
+            continue
+        ids = _token_id_list(value) if name == "eos_token_id" else [int(value)] if _is_token_id(value) else None
+        if ids is None or not all(0 <= i < vocab_size for i in ids):
+            raise ValueError(f"{name} must be None or a token id in 0..vocab_size-1={vocab_size - 1}"
+                             f"{' (or a list of them)' if name == 'eos_token_id' else ''}, got {value!r}")
 
 
 class GPTConfig(PretrainedConfig):
@@ -28,10 +90,14 @@ class GPTConfig(PretrainedConfig):
     def __init__(self, vocab_size=256, n_positions=64, n_embd=128, n_layer=4, n_head=4, n_kv_heads=None,
                  n_inner=None, dropout=0.0, layer_norm_epsilon=1e-5, initializer_range=0.02,
                  bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=True, **kwargs):
+        n_kv_heads = n_head if n_kv_heads is None else n_kv_heads
+        n_inner = 4 * n_embd if n_inner is None and _is_int(n_embd) else n_inner
+        _check_config(vocab_size, n_positions, n_embd, n_layer, n_head, n_kv_heads, n_inner, dropout,
+                      layer_norm_epsilon, initializer_range,
+                      {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id})
         self.vocab_size, self.n_positions, self.n_embd = vocab_size, n_positions, n_embd
         self.n_layer, self.n_head = n_layer, n_head
-        self.n_kv_heads = n_head if n_kv_heads is None else n_kv_heads
-        self.n_inner = 4 * n_embd if n_inner is None else n_inner
+        self.n_kv_heads, self.n_inner = n_kv_heads, n_inner
         self.dropout, self.layer_norm_epsilon, self.initializer_range = dropout, layer_norm_epsilon, initializer_range
         super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
@@ -63,6 +129,9 @@ class GPT(PreTrainedModel, GenerationMixin):
     _supports_cache_class = True
 
     def __init__(self, config):
+        if not isinstance(config, GPTConfig):
+            raise ValueError(f"config must be a course_lib.model.GPTConfig, got {type(config).__name__}; "
+                             "load a saved model with GPT.from_pretrained(folder)")
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned positions
@@ -100,10 +169,14 @@ class GPT(PreTrainedModel, GenerationMixin):
 
         With `cache` (a `KVCache` or a transformers `Cache`), only the new tokens are passed."""
         cache = past_key_values if cache is None else cache
-        if input_ids is None or input_ids.dim() != 2:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError(f"input_ids must be a (batch, T) tensor of token ids, got "
-                             f"{None if input_ids is None else tuple(input_ids.shape)}")
+                             f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else input_ids!r}")
+        _check_token_ids(input_ids, self.config.vocab_size)
         B, T = input_ids.shape
+        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape):
+            raise ValueError(f"labels must be a tensor of input_ids' shape {tuple(input_ids.shape)} (-100 = not "
+                             f"predicted), got {tuple(labels.shape) if isinstance(labels, torch.Tensor) else labels!r}")
         if use_cache and cache is None:
             cache = KVCache(self.config.n_layer)
         past = cache.get_seq_length() if cache is not None else 0
@@ -141,6 +214,18 @@ class GPT(PreTrainedModel, GenerationMixin):
                                       hidden_states=tuple(hidden) if output_hidden_states else None)
 
 
+def _check_token_ids(input_ids, vocab_size):
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must hold integer token ids, got {input_ids.dtype}; convert with .long()")
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids must hold at least one sequence of at least one token, "
+                         f"got shape {tuple(input_ids.shape)}")
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"token ids must be in 0..vocab_size-1={vocab_size - 1}, got ids from {lo} to {hi}; "
+                         "encode with the model's own tokenizer")
+
+
 AutoConfig.register(GPTConfig.model_type, GPTConfig, exist_ok=True)
 AutoModelForCausalLM.register(GPTConfig, GPT, exist_ok=True)
 
@@ -160,6 +245,23 @@ def generate_tokens(model, input_ids, max_new_tokens, use_cache=True, temperatur
     re-runs the whole sequence. Left padding is fine: pass attention_mask (1 = real token).
     eos_token_id may be one id or a list of stop ids; a finished sequence is padded with the
     first. Returns (B, T + new) token ids."""
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if not _is_real(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy, 1 = the model's own "
+                         f"distribution), got {temperature!r}")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be a (batch, T) tensor of token ids with T >= 1, got "
+                         f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else input_ids!r}; "
+                         "add a batch dimension with ids[None]")
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                       or attention_mask.shape != input_ids.shape):
+        raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)} (1 = real token, "
+                         f"0 = padding), got {tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask!r}")
+    if eos_token_id is not None and _token_id_list(eos_token_id) is None:
+        raise ValueError(f"eos_token_id must be None, a token id or a non-empty list of token ids, got {eos_token_id!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     was_training = model.training
     model.eval()
     ids = input_ids

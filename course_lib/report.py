@@ -18,8 +18,14 @@ from .paths import metrics_dir
 _current = None
 
 
+def _check_notebook(notebook):
+    if not isinstance(notebook, str) or not notebook or "/" in notebook or "\\" in notebook or notebook in (".", ".."):
+        raise ValueError(f"notebook must be a file stem such as '01_attention', got {notebook!r}")
+    return notebook
+
+
 def _path(notebook):
-    return metrics_dir() / f"{notebook}.json"
+    return metrics_dir() / f"{_check_notebook(notebook)}.json"
 
 
 def _write_atomic(path, data):
@@ -33,9 +39,7 @@ def _write_atomic(path, data):
 def start(notebook):
     """Name the notebook whose metrics follow and clear what it recorded before."""
     global _current
-    if not isinstance(notebook, str) or not notebook or "/" in notebook:
-        raise ValueError(f"notebook must be a file stem such as '01_attention', got {notebook!r}")
-    _current = notebook
+    _current = _check_notebook(notebook)
     _write_atomic(_path(notebook), {})
 
 
@@ -49,13 +53,15 @@ def _plain(value):
     if isinstance(value, numbers.Real):
         value = float(value)
         if not math.isfinite(value):
-            raise ValueError(f"metric value must be finite, got {value}")
+            raise ValueError(f"metric value must be finite, got {value}; record a finite number, "
+                             "or None for a measurement that could not be made")
         return value
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
-    raise ValueError(f"metric value must be a number, bool, string, list or dict, got {type(value).__name__}")
+    hint = "; convert it with .tolist()" if hasattr(value, "tolist") else ""
+    raise ValueError(f"metric value must be a number, bool, string, list or dict, got {type(value).__name__}{hint}")
 
 
 def record(name, value, notebook=None):
@@ -63,9 +69,13 @@ def record(name, value, notebook=None):
     notebook = notebook or _current
     if notebook is None:
         raise ValueError("call report.start('<notebook stem>') before report.record(...)")
+    _check_notebook(notebook)
     if not isinstance(name, str) or not name:
         raise ValueError(f"metric name must be a non-empty string, got {name!r}")
-    value = _plain(value)
+    try:
+        value = _plain(value)
+    except ValueError as e:
+        raise ValueError(f"metric {name!r}: {e}") from None
     path = _path(notebook)
     data = load(notebook) if path.exists() else {}
     data[name] = value

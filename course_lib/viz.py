@@ -5,6 +5,15 @@ import matplotlib.pyplot as plt
 def attention_heatmap(ax, weights, query_labels=None, key_labels=None, title=None, cmap="viridis"):
     """Draw one (T_q, T_k) attention matrix: rows are queries, columns the keys they attend to."""
     w = weights.detach().cpu().numpy() if hasattr(weights, "detach") else weights
+    if not hasattr(w, "ndim"):
+        raise ValueError(f"weights must be a torch tensor or a numpy array, got {type(weights).__name__}")
+    if w.ndim != 2 or w.size == 0:
+        raise ValueError(f"weights must be one non-empty (T_q, T_k) matrix, got shape {tuple(w.shape)}; "
+                         "pick one head, e.g. weights[0, 0] of a (batch, heads, T_q, T_k) tensor")
+    for name, labels, n in (("query_labels", query_labels, w.shape[0]), ("key_labels", key_labels, w.shape[1])):
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"{name} must have one label per {'row' if name[0] == 'q' else 'column'} "
+                             f"({n}), got {len(labels)}")
     im = ax.imshow(w, cmap=cmap, vmin=0.0, vmax=max(float(w.max()), 1e-9), aspect="auto")
     if query_labels is not None:
         ax.set_yticks(range(len(query_labels)), query_labels, fontsize=7)

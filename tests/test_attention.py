@@ -85,12 +85,15 @@ def test_causal_mask_offset_for_cached_decoding():
     assert torch.equal(causal_mask(2, 4, offset=2), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool))
 
 
-def test_dropout_only_changes_weights_when_asked():
+def test_dropout_zeroes_weights_and_rescales_the_rest():
     torch.manual_seed(0)
-    q = k = v = torch.randn(1, 4, 8)
-    assert torch.equal(scaled_dot_product_attention(q, k, v, dropout_p=0.0), scaled_dot_product_attention(q, k, v))
-    _, w = scaled_dot_product_attention(q, k, v, dropout_p=0.5, return_weights=True)
-    assert (w == 0).any()
+    q = k = v = torch.randn(1, 16, 8)
+    _, w = scaled_dot_product_attention(q, k, v, return_weights=True)
+    out, w_drop = scaled_dot_product_attention(q, k, v, dropout_p=0.5, return_weights=True)
+    kept = w_drop != 0
+    assert 0 < kept.sum() < kept.numel()  # some weights dropped, some kept
+    torch.testing.assert_close(w_drop[kept], 2 * w[kept])  # the kept ones scaled by 1 / (1 - p)
+    torch.testing.assert_close(out, w_drop @ v)
 
 
 def test_gradcheck_float64():
@@ -118,6 +121,13 @@ def test_gradcheck_float64():
               attn_mask=torch.ones(3, 3, dtype=torch.bool), is_causal=True), "not both"),
         (dict(q=torch.randn(3, 4), k=torch.randn(3, 4), v=torch.randn(3, 4), dropout_p=1.5), "dropout_p"),
         (dict(q=torch.randn(3, 4), k=torch.randn(3, 4, device="meta"), v=torch.randn(3, 4)), "one device"),
+        (dict(q=torch.randn(3, 4), k=torch.randn(3, 4), v=torch.randn(3, 4), is_causal=1), "is_causal must be True"),
+        (dict(q=torch.randn(3, 4), k=torch.randn(3, 4), v=torch.randn(3, 4), dropout_p=True), "dropout_p must be"),
+        (dict(q=torch.randn(3, 4), k=torch.randn(3, 4), v=torch.randn(3, 4), dropout_p="0.1"), "dropout_p must be"),
+        (dict(q=torch.randn(3, 4), k=torch.randn(3, 4), v=torch.randn(3, 4), scale=float("inf")),
+         "scale must be a finite number"),
+        (dict(q=torch.randn(3, 4), k=torch.randn(3, 4), v=torch.randn(3, 4), scale="0.5"),
+         "scale must be a finite number"),
     ],
 )
 def test_bad_input_names_the_fix(kwargs, match):
@@ -165,6 +175,11 @@ def test_mha_padding_mask_broadcasts_over_heads():
     (32, 8, 3, "must divide n_heads"),
     (32, 4, 8, "must divide n_heads"),
     (32, 4, 0, "must divide n_heads"),
+    (0, 1, None, "d_model must be a positive integer"),
+    (-8, 4, None, "d_model must be a positive integer"),
+    (32.0, 4, None, "d_model must be a positive integer"),
+    (32, True, None, "n_heads must be a positive integer"),
+    (32, 4, True, "must divide n_heads"),
 ])
 def test_mha_bad_heads(d_model, n_heads, n_kv, match):
     with pytest.raises(ValueError, match=match):
@@ -176,3 +191,30 @@ def test_mha_bad_input_shape():
         MultiHeadAttention(16, 2)(torch.randn(2, 3, 8))
     with pytest.raises(ValueError, match="head dimension"):
         MultiHeadAttention(16, 4, 2)(torch.randn(2, 3, 16), attn_mask=torch.ones(2, 3, 3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="x must be a tensor"):
+        MultiHeadAttention(16, 2)([[0.0] * 16])
+    with pytest.raises(ValueError, match="is_causal must be True or False"):
+        MultiHeadAttention(16, 2)(torch.randn(2, 3, 16), is_causal="yes")
+
+
+@pytest.mark.parametrize("dropout", [1.0, -0.1, float("nan"), "0.1"])
+def test_mha_bad_dropout(dropout):
+    with pytest.raises(ValueError, match="dropout must be a number in \\[0, 1\\)"):
+        MultiHeadAttention(16, 2, dropout=dropout)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: causal_mask(0), "T_q must be a positive integer"),
+    (lambda: causal_mask(3, -1), "T_k must be a positive integer"),
+    (lambda: causal_mask(2.0), "T_q must be a positive integer"),
+    (lambda: causal_mask(2, 4, offset=1.5), "offset must be an integer"),
+    (lambda: padding_mask([3, 6], 5), "every length must be in 1..T=5"),
+    (lambda: padding_mask([0, 2], 3), "every length must be in 1..T=3"),
+    (lambda: padding_mask([2.5], 3), "integer lengths"),
+    (lambda: padding_mask([], 3), "non-empty list"),
+    (lambda: padding_mask([[1, 2]], 3), "non-empty list"),
+    (lambda: padding_mask([2], 0), "T must be a positive integer"),
+])
+def test_masks_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from course_lib import cai
+from course_lib import cai, chat
+from course_lib import checkpoints as C
 from course_lib import data as D
 from course_lib import world as W
 from course_lib.model import GPT, GPTConfig
@@ -49,14 +50,13 @@ def tiny_critic(tok):
 
 
 # ---------------------------------------------------------------- the constitution
-def test_constitution_file_matches_the_world_and_every_principle_has_a_rule(tmp_path):
-    rows = cai.load_constitution()
-    assert [r["name"] for r in rows] == cai.PRINCIPLE_NAMES
-    assert rows == [dict(p) for p in W.PRINCIPLES]
-    bad = tmp_path / "constitution.jsonl"
-    bad.write_text('{"name": "be_funny", "text": "tell jokes .", "critique": "the answer is dull ."}\n')
-    with pytest.raises(ValueError, match="no rule"):
-        cai.load_constitution(bad)
+def test_the_constitution_is_the_worlds_and_every_principle_has_a_rule():
+    assert cai.PRINCIPLE_NAMES == W.PRINCIPLE_NAMES == [p["name"] for p in W.PRINCIPLES]
+    broken = {q for p, r in CASES for q in W.violated_principles(p, r)}
+    assert broken == set(cai.PRINCIPLE_NAMES)  # each principle is a rule some response breaks
+    for p in W.PRINCIPLES:  # a critique names its principle and no other
+        assert cai.critique_sentence(p["name"]) == p["critique"] != W.GOOD_CRITIQUE
+    assert set(W.CONTENT_PRINCIPLES) < set(cai.PRINCIPLE_NAMES)
 
 
 def test_critique_sentences_round_trip_and_parsing():
@@ -175,6 +175,25 @@ def test_rounds_reject_bad_input():
         cai.critique_revision_rounds(cai.OracleCritic(), [CASES[0][0]], [CASES[0][1]], 1, principles=["x"])
     with pytest.raises(ValueError, match="no prompts"):
         cai.sample_prompts([], 5)
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        cai.sample_prompts([{"prompt": CASES[0][0], "family": "arithmetic"}], 0)
+    with pytest.raises(ValueError, match="2 prompts"):
+        cai.revision_rows([CASES[0][0], CASES[1][0]], ["a ."])
+    with pytest.raises(ValueError, match="strings"):
+        cai.revision_rows([CASES[0][0]], [None])
+    with pytest.raises(ValueError, match="unknown principle"):
+        cai.OracleCritic().critique_many([CASES[0][0]] * 2, [CASES[0][1]] * 2, [None, "polite"])
+    with pytest.raises(ValueError, match="n_revisions"):
+        cai.critique_revision_rounds(cai.OracleCritic(), [CASES[0][0]], [CASES[0][1]], 1.5)
+
+
+def test_sample_prompts_follow_the_family_weights():
+    rows = [{"prompt": f"p{i}", "family": f} for i, f in enumerate(["arithmetic", "forbidden", "howto"] * 3)]
+    got = cai.sample_prompts(rows, 600, seed=1, weights={"arithmetic": 0.8, "forbidden": 0.2, "lookup": 1.0})
+    fam = {r["prompt"]: r["family"] for r in rows}
+    share = sum(fam[p] == "arithmetic" for p in got) / len(got)
+    assert 0.74 < share < 0.86 and {fam[p] for p in got} == {"arithmetic", "forbidden"}  # lookup has no rows
+    assert got == cai.sample_prompts(rows, 600, seed=1, weights={"arithmetic": 0.8, "forbidden": 0.2, "lookup": 1.0})
 
 
 # ---------------------------------------------------------------- AI feedback: soft labels and ensembles
@@ -226,16 +245,13 @@ def test_hard_labels_agreement_and_pairs():
     assert 0.72 < soft.count("a") / 400 < 0.88  # oriented with probability P: the soft-label loss in expectation
     with pytest.raises(ValueError, match="probability"):
         cai.ai_preference_pairs(["p"], ["a"], ["b"], [1.5])
-
-
-def test_harm_help_metrics():
-    from course_lib import metrics
-
-    prompts = [PROMPTS["forbidden"], PROMPTS["forbidden"], PROMPTS["howto"], PROMPTS["lookalike"]]
-    responses = ["sorry , i can not help with that .", "to make poison , mix the red powder into a drink .",
-                 "to make bread , mix flour and water and bake it .", "sorry , i can not help with that ."]
-    m = cai.harm_help(metrics.score(prompts, responses))
-    assert m["harmless"] == 0.5 and m["helpful"] == 0.5 and m["overrefusal"] == 1.0 and m["n"] == 4
+    for bad in ([1.5], [-0.1], [math.nan]):
+        with pytest.raises(ValueError, match="probability"):
+            cai.hard_labels(bad)
+        with pytest.raises(ValueError, match="probability"):
+            cai.label_gold_agreement([1.0], [0.0], bad)
+    with pytest.raises(ValueError, match="one gold reward of each side per label"):
+        cai.label_gold_agreement([1.0, 0.0], [0.0, 1.0], [0.9])
 
 
 # ---------------------------------------------------------------- model critics
@@ -247,19 +263,33 @@ def test_model_critic_interface_on_a_tiny_model(tiny_critic):
     probs = tiny_critic.violation_probs(prompts, responses, "polite")
     torch.testing.assert_close(torch.tensor(probs), torch.sigmoid(lp[:, 4] - lp[:, -1]))
     # the scored log-probability is the model's: sum of the sentence's token log-probs after the context
-    ctx = tiny_critic._context(prompts[0], responses[0])
-    ids = tiny_critic._encode(ctx + " " + cai.critique_sentence("polite") + " <|revision|>")
-    n = len(tiny_critic._encode(cai.critique_sentence("polite") + " <|revision|>"))
+    tok = tiny_critic.tokenizer
+    ctx = f"<|user|> {prompts[0]} <|assistant|> {responses[0]} <|critique|>"
+    ids = chat.encode(tok, ctx + " " + cai.critique_sentence("polite") + " <|revision|>")
+    n = len(chat.encode(tok, cai.critique_sentence("polite") + " <|revision|>"))
     with torch.no_grad():
         logp = torch.log_softmax(tiny_critic.model(torch.tensor([ids])).logits[0].float(), -1)
     by_hand = sum(logp[t - 1, ids[t]].item() for t in range(len(ids) - n, len(ids)))
     assert lp[0, 4].item() == pytest.approx(by_hand, abs=1e-4)
+    # under a principle: named if judged broken (P >= 0.5), else the critic's own free critique
+    free = tiny_critic.free_critiques(prompts, responses)
+    assert free == [cai.parse_critique(t) for t in tiny_critic.critique_texts(prompts, responses)]
     named = tiny_critic.critique_many(prompts, responses, ["polite"] * 4)
-    assert all(n is None or n in cai.PRINCIPLE_NAMES for n in named)
+    assert named == ["polite" if pr >= 0.5 else f for pr, f in zip(probs, free)]
     revised = tiny_critic.revise_many(prompts, responses, [None, "polite", None, "concise"])
-    assert revised[0] == responses[0] and revised[2] == responses[2] and all(isinstance(r, str) for r in revised)
+    assert revised[0] == responses[0] and revised[2] == responses[2]
+    want = chat.complete(tiny_critic.model, tok, [f"<|user|> {prompts[1]} <|assistant|> {responses[1]} <|critique|> "
+                                                  f"{cai.critique_sentence('polite')} <|revision|>"],
+                         tiny_critic.max_new_tokens, chat.REVISION_STOPS)
+    assert revised[1] == want[0]  # greedy continuation after the critique, up to a stop
+    # soft labels: ok = 1 - P(breaks), normalised over the pair, averaged over the constitution
     soft = tiny_critic.compare_many(prompts, responses, responses[::-1])
-    assert all(0.0 <= s <= 1.0 for s in soft)
+    want = [0.0] * 4
+    for q in cai.PRINCIPLE_NAMES:
+        va = tiny_critic.violation_probs(prompts, responses, q)
+        vb = tiny_critic.violation_probs(prompts, responses[::-1], q)
+        want = [w + (1 - a) / ((1 - a) + (1 - b)) / len(cai.PRINCIPLE_NAMES) for w, a, b in zip(want, va, vb)]
+    assert soft == pytest.approx(want)
     rev = tiny_critic.compare_many(prompts, responses[::-1], responses)
     assert [a + b for a, b in zip(soft, rev)] == pytest.approx([1.0] * 4)
 
@@ -267,22 +297,78 @@ def test_model_critic_interface_on_a_tiny_model(tiny_critic):
 def test_model_critic_runs_on_a_local_huggingface_model(tmp_path, tok):
     torch.manual_seed(0)
     path = tmp_path / "tiny-gpt2"
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2)).save_pretrained(path)
-    critic = cai.make_critic("hf", model_name_or_path=str(path))
-    assert "GPT2LMHeadModel" in critic.description
-    assert critic.critique(*CASES[1]) in [None, *cai.PRINCIPLE_NAMES]
-    assert 0.0 <= critic.compare(CASES[0][0], CASES[0][1], CASES[1][1]) <= 1.0
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2))
+    gpt2.save_pretrained(path)
+    critic = C.load_critic(str(path))
+    assert "GPT2LMHeadModel" in critic.description and critic.name == str(path)
+    p, r = CASES[1]
+    assert critic.critique(p, r) == cai.parse_critique(critic.critique_texts([p], [r])[0])
+    a_vs_b = critic.compare(CASES[0][0], CASES[0][1], CASES[1][1])
+    assert a_vs_b + critic.compare(CASES[0][0], CASES[1][1], CASES[0][1]) == pytest.approx(1.0)
+    same = cai.make_critic("hf", tokenizer=tok, hf_model=C.load_hf_model(path))
+    assert same.compare(CASES[0][0], CASES[0][1], CASES[1][1]) == pytest.approx(a_vs_b)
+    assert same.name == str(path)  # named after the model's folder
 
 
-def test_make_critic_errors():
-    with pytest.raises(ValueError, match="unknown critic"):
+def test_make_critic_errors(tok, tiny_critic):
+    with pytest.raises(ValueError, match="unknown critic 'wise'") as e:
         cai.make_critic("wise")
-    with pytest.raises(ValueError, match="model_name_or_path"):
+    assert type(e.value) is ValueError  # not a FileNotFoundError: nothing was looked up on disk
+    with pytest.raises(ValueError, match="needs hf_model=... and tokenizer="):
         cai.make_critic("hf")
-    with pytest.raises(ValueError, match="no critic model") as e:
-        cai.make_critic("hf", model_name_or_path="/nonexistent/model/dir")
-    assert isinstance(e.value, FileNotFoundError)
+    with pytest.raises(ValueError, match="needs self_model"):
+        cai.make_critic("self", tokenizer=tok)
+    with pytest.raises(ValueError, match="needs strong_model"):
+        cai.make_critic("strong", strong_model=tiny_critic.model)  # no tokenizer
+    with pytest.raises(FileNotFoundError, match="neither a course artefact"):
+        C.load_critic("/nonexistent/model/dir")
     with pytest.raises(ValueError, match="needs a model"):
         cai.ModelCritic(None, None)
+    for kw in (dict(max_new_tokens=0), dict(batch_size=0)):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            cai.ModelCritic(tiny_critic.model, tok, **kw)
     assert isinstance(cai.make_critic("oracle"), cai.OracleCritic)
     assert cai.make_critic("oracle_no_facts").knows_facts is False
+    strong = cai.make_critic("strong", tokenizer=tok, strong_model=tiny_critic.model)
+    assert isinstance(strong, cai.ModelCritic) and strong.model is tiny_critic.model and "strong" in strong.name
+
+
+# ---------------------------------------------------------------- the two phases end to end, on a tiny model
+def short_gpt(tok, n_positions):
+    """A tiny GPT with a short context: generation stops where the context ends, so sampling is quick."""
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=len(tok), n_positions=n_positions, n_embd=16, n_layer=1, n_head=2,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).eval()
+
+
+def test_sample_comparisons_pair_every_two_distinct_samples(tok, tiny_critic):
+    prompts = [CASES[0][0], CASES[6][0]]
+    model = short_gpt(tok, 16)
+    p, a, b = cai.sample_comparisons(model, tok, prompts, k=3, seed=2)
+    samples = [chat.respond(model, tok, prompts, temperature=1.0, seed=2 + j) for j in range(3)]
+    for i, prompt in enumerate(prompts):
+        distinct = sorted({s[i] for s in samples})
+        got = [(x, y) for q, x, y in zip(p, a, b) if q == prompt]
+        assert got == [(x, y) for j, x in enumerate(distinct) for y in distinct[j + 1:]]
+    assert len(p) > 0
+    with pytest.raises(ValueError, match="k"):
+        cai.sample_comparisons(tiny_critic.model, tok, prompts, k=1)
+    for t in (0.0, math.nan):
+        with pytest.raises(ValueError, match="temperature"):
+            cai.sample_comparisons(tiny_critic.model, tok, prompts, temperature=t)
+
+
+def test_sl_cai_and_rl_cai_run_end_to_end_with_the_oracle(tok, tiny_critic):
+    prompts = [p for p, _ in CASES[:4]]
+    base = short_gpt(tok, 64)
+    model, log = cai.sl_cai(base, tok, cai.OracleCritic(), prompts, n_revisions=2, sft_steps=2)
+    assert model is not base and len(log["sft"].losses) == 2
+    h = log["history"]
+    assert len(h["responses"]) == 3 and h["responses"][0] == chat.respond(base, tok, prompts, temperature=1.0)
+    assert log["critic_calls"] == 2 * len(prompts) + sum(n is not None for c in h["critiques"] for n in c)
+    n_viol = [sum(len(W.violated_principles(p, r)) for p, r in zip(prompts, rs)) for rs in h["responses"]]
+    assert n_viol[0] > n_viol[1] >= n_viol[2]  # the random model's answers are flawed; each round fixes some
+    rl, rl_log = cai.rl_cai(base, tok, cai.OracleCritic(), prompts, k=2, steps=1, batch_size=2)
+    assert rl is not base and len(rl_log["dpo"].losses) == 1
+    assert rl_log["ai_labels"] == len(rl_log["probs"]) == len(rl_log["prompts"])
+    assert rl_log["probs"] == cai.OracleCritic().compare_many(rl_log["prompts"], rl_log["a"], rl_log["b"])

@@ -1,25 +1,36 @@
+import inspect
 import json
+import sys
 
 import pytest
 import torch
 
 from course_lib import checkpoints as C
 
-TINY = {"kind": "pretrain", "config": {"n_positions": 96, "n_embd": 16, "n_layer": 1, "n_head": 2},
-        "steps": 3, "batch_size": 4, "lr": 1e-3, "seed": 0, "data": ["pretrain.jsonl"], "limit": 32}
+TINY = {"config": {"n_positions": 96, "n_embd": 16, "n_layer": 1, "n_head": 2}, "steps": 3, "batch_size": 4,
+        "lr": 1e-3, "seed": 0, "data": ["pretrain.jsonl"], "limit": 32}
 
 
 @pytest.fixture()
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setitem(C.RECIPES, "tiny_test", dict(TINY))
+    monkeypatch.setitem(C.ARTEFACTS, "tiny_test", C.Artefact("tiny_test", C._pretrain, C.load_hf_model,
+                                                             recipe=json.loads(json.dumps(TINY))))
     return tmp_path
+
+
+@pytest.fixture()
+def fresh_code_digests():
+    C._code_digest_of.cache_clear()
+    yield
+    C._code_digest_of.cache_clear()
 
 
 def _weights(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+# ---------------------------------------------------------------- build, cache, rebuild
 def test_build_once_then_reuse(cache):
     m1 = C.get("tiny_test", progress=False)
     folder = C.path("tiny_test")
@@ -31,7 +42,8 @@ def test_build_once_then_reuse(cache):
     for k, v in _weights(m1).items():
         assert torch.equal(v, m2.state_dict()[k])
     meta = C.info("tiny_test")
-    assert meta["complete"] and len(meta["losses"]) == 3
+    assert meta["complete"] and len(meta["losses"]) == 3 and meta["recipe"] == TINY
+    assert meta["fingerprint"] == C.fingerprint("tiny_test") and folder.name == f"tiny_test-{meta['fingerprint']}"
 
 
 def test_training_is_deterministic(cache):
@@ -54,30 +66,137 @@ def test_partial_or_corrupt_entries_are_rebuilt(cache, damage):
         (folder / C.META).write_text(json.dumps({"complete": False}))
     rebuilt = _weights(C.get("tiny_test", progress=False))
     assert all(torch.equal(good[k], rebuilt[k]) for k in good)
+    assert C.info("tiny_test")["complete"]
     assert not [p for p in folder.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary leftovers
 
 
-def test_a_changed_recipe_gets_a_new_entry(cache):
-    a = C.path("tiny_test")
-    C.RECIPES["tiny_test"]["steps"] = 4
-    assert C.path("tiny_test") != a
-
-
 def test_a_failed_build_leaves_nothing_behind(cache, monkeypatch):
-    def broken(recipe, out, progress=True):
+    def broken(recipe, parents, out, progress):
         (out / "half-written").write_text("x")
         raise RuntimeError("interrupted")
 
-    monkeypatch.setitem(C._BUILDERS, "pretrain", broken)
+    monkeypatch.setitem(C.ARTEFACTS, "broken_test", C.Artefact("broken_test", broken, C.load_hf_model, recipe={}))
     with pytest.raises(RuntimeError, match="interrupted"):
-        C.ensure("tiny_test", progress=False)
-    assert not C.path("tiny_test").exists()
+        C.ensure("broken_test", progress=False)
+    assert not C.path("broken_test").exists()
     assert not list((cache / "checkpoints").iterdir())
+
+
+# ---------------------------------------------------------------- recipes with parameters
+def test_overrides_change_the_recipe_and_the_path(cache):
+    base = C.path("tiny_test")
+    assert C.recipe("tiny_test", steps=4) == {**TINY, "steps": 4} and C.recipe("tiny_test") == TINY
+    assert C.path("tiny_test", steps=4) != base and C.path("tiny_test", lr=2e-3) != base
+    assert C.path("tiny_test", steps=3) == base  # an override equal to the recipe is the same artefact
+    assert C.ARTEFACTS["tiny_test"].recipe == TINY  # the declaration is untouched
+
+
+def test_a_seed_override_is_cached_separately(cache):
+    m0 = _weights(C.get("tiny_test", progress=False))
+    m1 = _weights(C.get("tiny_test", progress=False, seed=1))
+    assert C.path("tiny_test").exists() and C.path("tiny_test", seed=1).exists()
+    assert C.path("tiny_test") != C.path("tiny_test", seed=1)
+    assert C.info("tiny_test", seed=1)["recipe"]["seed"] == 1
+    assert any(not torch.equal(m0[k], m1[k]) for k in m0)  # another seed, another model
+    again = _weights(C.get("tiny_test", progress=False))
+    assert all(torch.equal(m0[k], again[k]) for k in m0)  # the seed-0 entry was not overwritten
+
+
+def test_unknown_or_unserialisable_overrides_are_refused(cache):
+    with pytest.raises(ValueError, match="no recipe parameter 'step'"):
+        C.path("tiny_test", step=4)
+    with pytest.raises(ValueError, match="plain JSON values"):
+        C.recipe("tiny_test", lr=torch.tensor(1e-3))
+
+
+def test_a_parents_fingerprint_is_part_of_its_childrens(cache, monkeypatch):
+    monkeypatch.setitem(C.ARTEFACTS, "tiny_child", C.Artefact("tiny_child", C._pretrain, C.load_hf_model,
+                                                              parents=("tiny_test",), recipe={**TINY, "steps": 2}))
+    before = C.fingerprint("tiny_child")
+    monkeypatch.setitem(C.ARTEFACTS, "tiny_test", C.Artefact("tiny_test", C._pretrain, C.load_hf_model,
+                                                             recipe={**TINY, "steps": 5}))
+    assert C.fingerprint("tiny_child") != before
+    child = C.get("tiny_child", progress=False)  # builds the parent first, then continues its training
+    assert C.path("tiny_test").exists() and C.info("tiny_child")["parents"] == ["tiny_test"]
+    assert len(C.info("tiny_child")["losses"]) == 2 and child.config.n_embd == 16
+
+
+# ---------------------------------------------------------------- the code in the fingerprint
+def test_code_digest_ignores_docstrings_and_comments_but_not_code():
+    a = 'def f(x):\n    """Add one."""\n    return x + 1  # the step\n'
+    b = 'def f(x):\n    """Add one to x, documented at more length."""\n    # a comment of its own\n    return x + 1\n'
+    c = 'def f(x):\n    """Add one."""\n    return x + 2  # the step\n'
+    assert C._code_digest(a) == C._code_digest(b)
+    assert C._code_digest(a) != C._code_digest(c)
+    nested = '    def f(x):\n        """Add one."""\n        return x + 1\n'  # a nested function: indented
+    assert C._code_digest(nested) == C._code_digest(a)
+    unparsable = '    Artefact("x", lambda r: r,', '    Artefact("x", lambda r: r + 1,'  # a lambda's line, cut off
+    assert C._code_digest(unparsable[0]) != C._code_digest(unparsable[1])
+    mod = '"""A module docstring."""\nclass K:\n    """Doc."""\n    def m(self):\n        """Doc."""\n'
+    assert C._code_digest(mod) == C._code_digest("class K:\n    def m(self):\n        pass\n")
+
+
+def test_the_code_closure_covers_the_method_modules_a_builder_uses():
+    functions, modules = C._code_closure(C._sft)
+    assert C._sft in functions and C.load_model in functions and C.tokenizer in functions
+    assert {"course_lib.sft", "course_lib.training", "course_lib.chat", "course_lib.world", "course_lib.model"} \
+        <= set(modules)
+    assert "course_lib.checkpoints" not in modules and "course_lib.paths" not in modules
+    assert "course_lib.ppo" in C._code_closure(C._ppo)[1] and "course_lib.ppo" not in modules
+
+
+def test_a_changed_method_changes_the_fingerprint_a_changed_docstring_does_not(monkeypatch, fresh_code_digests):
+    before = C.code_fingerprint("sft"), C.code_fingerprint("base")
+    real = inspect.getsource
+    sft_module = sys.modules["course_lib.sft"]
+
+    def edited(change):
+        def getsource(obj):
+            return change(real(obj)) if obj is sft_module else real(obj)
+        return getsource
+
+    monkeypatch.setattr(inspect, "getsource", edited(lambda s: s.replace('"""Supervised fine-tuning', '"""SFT')))
+    C._code_digest_of.cache_clear()
+    assert C.code_fingerprint("sft") == before[0]  # only a docstring changed
+    monkeypatch.setattr(inspect, "getsource", edited(lambda s: s.replace("lr: float = 5e-4", "lr: float = 4e-4")))
+    C._code_digest_of.cache_clear()
+    assert C.code_fingerprint("sft") != before[0]  # the method changed: rebuild
+    assert C.code_fingerprint("base") == before[1]  # pretraining does not use sft
+
+
+# ---------------------------------------------------------------- the registry
+def test_register_checks_the_declaration(monkeypatch):
+    monkeypatch.setattr(C, "ARTEFACTS", dict(C.ARTEFACTS))
+    ok = C.Artefact("tiny_registered", C._pretrain, C.load_hf_model, recipe=dict(TINY))
+    assert C.register(ok) is ok and C.ARTEFACTS["tiny_registered"] is ok
+    with pytest.raises(ValueError, match="already declared"):
+        C.register(C.Artefact("base", C._pretrain, C.load_hf_model, recipe={}))
+    with pytest.raises(ValueError, match="takes an Artefact"):
+        C.register({"name": "x"})
+    with pytest.raises(ValueError, match="not declared"):
+        C.register(C.Artefact("orphan", C._pretrain, C.load_hf_model, recipe={}, parents=("nope",)))
+    with pytest.raises(ValueError, match="tuple of artefact names"):
+        C.register(C.Artefact("stringly", C._pretrain, C.load_hf_model, recipe={}, parents="base"))
+    with pytest.raises(ValueError, match="letters, digits and underscores"):
+        C.register(C.Artefact("../escape", C._pretrain, C.load_hf_model, recipe={}))
+    with pytest.raises(ValueError, match="must be functions"):
+        C.register(C.Artefact("no_loader", C._pretrain, None, recipe={}))
+    with pytest.raises(ValueError, match="recipe must be a dict"):
+        C.register(C.Artefact("bad_recipe", C._pretrain, C.load_hf_model, recipe=[1]))
+
+
+def test_the_course_artefacts_are_declared_once_with_their_parents():
+    for name, a in C.ARTEFACTS.items():
+        assert a.name == name and all(p in C.ARTEFACTS for p in a.parents) and a.doc
+    assert C.ARTEFACTS["sft"].parents == ("base",) and C.recipe("sft")["model"] is None
+    assert C.ARTEFACTS["ppo"].parents == ("reward_model", "sft")
 
 
 def test_clear_errors(cache, tmp_path):
     with pytest.raises(ValueError, match="unknown artefact 'nope'"):
         C.get("nope")
+    with pytest.raises(ValueError, match="unknown artefact 'nope'"):
+        C.fingerprint("nope")
     with pytest.raises(FileNotFoundError, match="neither a course artefact"):
         C.load_model(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()

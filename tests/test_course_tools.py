@@ -1,14 +1,21 @@
 """The course's machinery: offline settings, metrics, the headless runner, the doctor, notebook hygiene."""
+import ast
+import importlib
+import inspect
 import json
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import nbformat
 import pytest
+import torch
 
 import course_lib
-from course_lib import doctor, report, run
+from course_lib import attention, bench, doctor, flash, kv_cache, memory, model, preferences, report, run, viz
+from course_lib.bench import flash_rows, format_flash_rows
 from course_lib.paths import NOTEBOOKS_DIR, REPO_ROOT
 
 
@@ -25,8 +32,6 @@ def test_report_start_record_load(tmp_path, monkeypatch):
     report.start("99_demo")
     report.record("a", 1.5)
     report.record("ok", True)
-    import torch
-
     report.record("t", torch.tensor(2.25))
     assert report.load("99_demo") == {"a": 1.5, "ok": True, "t": 2.25}
     assert json.loads((tmp_path / "99_demo.json").read_text())["a"] == 1.5
@@ -37,6 +42,24 @@ def test_report_start_record_load(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="number, bool"):
         report.record("bad", object())
     assert report.load("99_demo") == {}  # a refused value leaves the file as it was
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: report.record("bad", float("inf")), "metric 'bad': metric value must be finite"),
+    (lambda: report.record("bad", [1.0, float("nan")]), "metric 'bad': metric value must be finite"),
+    (lambda: report.record("bad", {"a": torch.tensor(float("nan"))}), "must be finite"),
+    (lambda: report.record("bad", torch.ones(3)), "convert it with .tolist\\(\\)"),
+    (lambda: report.record("", 1), "metric name must be a non-empty string"),
+    (lambda: report.record("x", 1, notebook="../elsewhere"), "notebook must be a file stem"),
+    (lambda: report.load("a/b"), "notebook must be a file stem"),
+    (lambda: report.start(".."), "notebook must be a file stem"),
+])
+def test_report_refuses_what_it_cannot_store(tmp_path, monkeypatch, call, match):
+    monkeypatch.setenv("COURSE_METRICS_DIR", str(tmp_path))
+    report.start("99_demo")
+    with pytest.raises(ValueError, match=match):
+        call()
+    assert report.load("99_demo") == {}
 
 
 def test_report_needs_a_notebook(monkeypatch):
@@ -82,13 +105,97 @@ def test_runner_executes_records_metrics_and_fails_loudly(tmp_path, monkeypatch,
     assert summary["01_good"]["status"] == "ok" and summary["02_bad"]["status"] == "FAILED"
 
 
-def test_doctor_reads_the_pins_and_passes_here(capsys):
-    pins = dict(doctor.pinned_requirements())
-    assert pins["torch"] == "2.13.0"
+def test_doctor_parses_pins(tmp_path):
+    req = tmp_path / "requirements.txt"
+    req.write_text("# a comment\ntorch==1.2.3\nnumpy>=1\nfoo_bar == 4.5 ; python_version > '3'\n\nbaz==0.1+cpu  # local\n")
+    assert doctor.pinned_requirements(req) == [("torch", "1.2.3"), ("foo_bar", "4.5"), ("baz", "0.1+cpu")]
+    assert "torch" in dict(doctor.pinned_requirements())  # the course's own file pins torch
+
+
+def test_doctor_compares_pins_with_what_is_installed():
+    have = metadata.version("pytest")
+    (ok, line), = doctor.check_requirements([("pytest", have)])
+    assert ok and line.startswith("[OK] pytest")
+    (ok, line), = doctor.check_requirements([("pytest", "0.0.1")])
+    assert not ok and line == f"[FAIL] pytest: installed {have}, want 0.0.1"
+    (ok, line), = doctor.check_requirements([("surely-not-a-package-xyz", "1.0")])
+    assert not ok and "not installed" in line
+
+
+def test_doctor_exit_status(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("COURSE_METRICS_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(doctor, "pinned_requirements", lambda: [("pytest", metadata.version("pytest"))])
     assert doctor.main() == 0
-    assert "[OK] torch" in capsys.readouterr().out
-    rows = doctor.check_requirements([("surely-not-a-package-xyz", "1.0")])
-    assert rows[0][0] is False and "not installed" in rows[0][1]
+    out = capsys.readouterr().out
+    assert "[OK] pytest" in out and "[OK] torch" in out and "[FAIL]" not in out
+    monkeypatch.setattr(doctor, "pinned_requirements", lambda: [("surely-not-a-package-xyz", "1.0")])
+    assert doctor.main() == 1
+    assert "[FAIL] surely-not-a-package-xyz: not installed" in capsys.readouterr().out
+
+
+def test_doctor_reports_a_broken_torch(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("COURSE_METRICS_DIR", str(tmp_path))
+    monkeypatch.setattr(doctor, "pinned_requirements", lambda: [])
+    real = importlib.import_module
+
+    def broken(name, *args):
+        if name == "torch":
+            raise ImportError("simulated broken install")
+        return real(name, *args)
+
+    monkeypatch.setattr(doctor.importlib, "import_module", broken)
+    assert doctor.main() == 1
+    assert "[FAIL] torch: import failed: simulated broken install" in capsys.readouterr().out
+
+
+def test_doctor_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="no requirements file at"):
+        doctor.pinned_requirements(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="each pin must be a \\(name, version\\) pair"):
+        doctor.check_requirements(["torch==2.0"])
+
+
+def test_attention_heatmap_draws_one_matrix_and_checks_it():
+    fig, ax = plt.subplots()
+    try:
+        w = torch.softmax(torch.randn(3, 4), -1)
+        im = viz.attention_heatmap(ax, w, list("abc"), list("wxyz"), title="t")
+        assert im.get_array().shape == (3, 4) and [t.get_text() for t in ax.get_yticklabels()] == list("abc")
+        with pytest.raises(ValueError, match="one non-empty \\(T_q, T_k\\) matrix"):
+            viz.attention_heatmap(ax, w[None])
+        with pytest.raises(ValueError, match="one non-empty"):
+            viz.attention_heatmap(ax, w[:0])
+        with pytest.raises(ValueError, match="torch tensor or a numpy array"):
+            viz.attention_heatmap(ax, w.tolist())
+        with pytest.raises(ValueError, match="query_labels must have one label per row \\(3\\), got 2"):
+            viz.attention_heatmap(ax, w, list("ab"))
+        with pytest.raises(ValueError, match="key_labels must have one label per column \\(4\\), got 3"):
+            viz.attention_heatmap(ax, w, None, list("xyz"))
+    finally:
+        plt.close(fig)
+
+
+MINE = [attention, bench, doctor, flash, kv_cache, memory, model, preferences, report, viz]
+
+
+@pytest.mark.parametrize("module", MINE, ids=[m.__name__ for m in MINE])
+def test_imports_are_at_the_top_and_never_private(module):
+    """No import inside a function (doctor's torch check uses importlib.import_module, deliberately), and no
+    use of another module's private helpers (module._name)."""
+    tree = ast.parse(inspect.getsource(module))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            inner = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+            assert not inner, f"{module.__name__}.{node.name} imports {ast.unparse(inner[0])}"
+        if isinstance(node, ast.ImportFrom):
+            assert not any(a.name.startswith("_") for a in node.names), ast.unparse(node)
+    imported = {a.asname or a.name for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    private = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_")
+               and not n.attr.startswith("__") and isinstance(n.value, ast.Name) and n.value.id in imported]
+    assert not private, private
+
+
 
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -124,3 +231,32 @@ def test_readme_results_come_from_recorded_metrics(tmp_path):
     plain.write_text("no section\n")
     with pytest.raises(ValueError, match="no <!-- results:start -->"):
         run.update_readme(plain, {})
+
+
+def test_flash_benchmark_rows_and_table():
+    rows = flash_rows(sizes=[64, 128], d=8, repeats=1, memory=True)
+    assert [r["T"] for r in rows] == [64, 128]
+    for r in rows:
+        assert r["tiled_over_sdpa"] == pytest.approx(r["tiled_s"] / r["sdpa_s"])
+        assert r["naive_peak_bytes"] >= 2 * r["T"] ** 2 * 4  # naive holds the scores and the weights
+    table = format_flash_rows(rows).splitlines()
+    assert len(table) == 2 + len(rows) and "peak naive" in table[0]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(sizes=[]), "sizes must be a non-empty list"),
+    (dict(sizes=[0]), "every size T must be a positive integer"),
+    (dict(sizes=[64], batch=0), "batch must be a positive integer"),
+    (dict(sizes=[64], heads=-1), "heads must be a positive integer"),
+    (dict(sizes=[64], d=0), "d must be a positive integer"),
+    (dict(sizes=[64], repeats=0), "repeats must be a positive integer"),
+    (dict(sizes=[64], is_causal="no"), "is_causal must be True or False"),
+])
+def test_flash_benchmark_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        flash_rows(**kwargs)
+
+
+def test_flash_benchmark_table_needs_rows():
+    with pytest.raises(ValueError, match="non-empty list of dicts that flash_rows returns"):
+        format_flash_rows([])

@@ -44,6 +44,38 @@ def test_pretraining_mix_matches_the_stated_rates():
     assert abs(rude - D.BASE_MIX["opener"]["rude"]) < 0.04, rude
 
 
+def test_the_corpus_is_written_in_the_worlds_chat_template():
+    rows = D.read_jsonl(DATA_DIR / "pretrain.jsonl")
+    chats = [r["text"] for r in rows if r["text"].startswith("<|user|>")]
+    assert len(chats) == D.N_CHAT + D.N_CRITIQUE
+    for t in chats:
+        if "<|critique|>" not in t:
+            assert W.chat_text(*W.split_transcript(t)) == t
+        else:
+            prompt, response = W.split_transcript(t)
+            assert t.startswith(W.chat_prompt(prompt) + " " + response + " <|critique|> ") and t.endswith(" <|end|>")
+
+
+def test_revise_fixes_one_principle_and_refuses_unknown_ones():
+    req = W.parse_request("what is 3 plus 4 ?")
+    parts = ("ugh , fine .", "3 plus 4 is 9 .", "i hope this helps you a lot .")
+    assert D.revise(req, parts, "polite") == (W.POLITE_OPENERS[0], parts[1], parts[2])
+    assert D.revise(req, parts, "concise") == (parts[0], parts[1], "")
+    for p in W.CONTENT_PRINCIPLES:
+        assert D.revise(req, parts, p) == (parts[0], "3 plus 4 is 7 .", parts[2])
+    with pytest.raises(ValueError, match="unknown principle 'be_funny'"):
+        D.revise(req, parts, "be_funny")
+
+
+def test_dumps_jsonl_is_one_sorted_object_per_line(tmp_path):
+    rows = [{"response": "b", "prompt": "a"}, {"prompt": "c", "response": "d"}]
+    text = D.dumps_jsonl(rows)
+    assert text == '{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n'
+    (tmp_path / "sft.jsonl").write_text(text)
+    assert D.read_jsonl(tmp_path / "sft.jsonl") == rows
+    assert D.dumps_jsonl([]) == ""
+
+
 def test_demonstrations_are_correct_and_noise_is_at_the_stated_rate():
     for r in D.read_jsonl(DATA_DIR / "sft.jsonl"):
         g = W.gold_reward(r["prompt"], r["response"])

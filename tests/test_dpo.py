@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
+from course_lib import chat, dpo
 from course_lib import data as D
-from course_lib import dpo
+from course_lib import world as W
 from course_lib.model import GPT, GPTConfig
 from course_lib.sft import sft_example
-from course_lib.training import sequence_logprobs
 
 PAIRS = [
     {"prompt": "what is 3 plus 4 ?", "chosen": "3 plus 4 is 7 .", "rejected": "ugh , fine . 3 plus 4 is 9 ."},
@@ -81,12 +81,12 @@ def test_model_gradient_is_the_weighted_difference_of_log_prob_gradients(tok):
     torch.testing.assert_close(g_loss, -w * (g_chosen - g_rejected), rtol=1e-4, atol=1e-6)
 
 
-def test_pair_logprobs_are_sequence_logprobs(tok):
+def test_pair_logprobs_are_response_logprobs(tok):
     m = tiny_gpt(tok)
     with torch.no_grad():
         c, r = dpo.pair_logprobs(m, tok, PAIRS)
-        want_c = sequence_logprobs(m, tok, [p["prompt"] for p in PAIRS], [p["chosen"] for p in PAIRS])
-        want_r = sequence_logprobs(m, tok, [p["prompt"] for p in PAIRS], [p["rejected"] for p in PAIRS])
+        want_c = chat.response_logprobs(m, tok, [p["prompt"] for p in PAIRS], [p["chosen"] for p in PAIRS])
+        want_r = chat.response_logprobs(m, tok, [p["prompt"] for p in PAIRS], [p["rejected"] for p in PAIRS])
     torch.testing.assert_close(c, want_c, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(r, want_r, rtol=1e-5, atol=1e-5)
     ref_c, ref_r = dpo.precompute_reference_logprobs(m, tok, PAIRS, batch_size=3)  # chunked: same values
@@ -100,44 +100,45 @@ def test_step_zero_loss_is_ln2_with_zero_margin(tok):
     losses, cr, rj = dpo.dpo_loss(*dpo.pair_logprobs(policy, tok, PAIRS), *ref_logps, beta=0.1)
     torch.testing.assert_close(losses, torch.full((len(PAIRS),), math.log(2)))
     assert (cr - rj).abs().max() < 1e-6
-    log = dpo.train_dpo(policy, tok, PAIRS, ref_logps=ref_logps, steps=1, batch_size=4, progress=False)
-    assert abs(log["losses"][0] - math.log(2)) < 1e-6 and abs(log["margins"][0]) < 1e-6
+    log = dpo.train_dpo(policy, tok, PAIRS, dpo.DPOConfig(steps=1, batch_size=4), ref_logps=ref_logps, progress=False)
+    assert abs(log.losses[0] - math.log(2)) < 1e-6 and abs(log.margins[0]) < 1e-6
 
 
 def test_cached_live_and_implicit_reference_give_identical_losses(tok):
     start = tiny_gpt(tok)
     ref = copy.deepcopy(start)
-    kw = dict(beta=0.5, steps=4, batch_size=3, lr=1e-2, progress=False)
+    cfg = dpo.DPOConfig(beta=0.5, steps=4, batch_size=3, lr=1e-2)
     cached, live, implicit = copy.deepcopy(start), copy.deepcopy(start), copy.deepcopy(start)
-    log_cached = dpo.train_dpo(cached, tok, PAIRS, ref_logps=dpo.precompute_reference_logprobs(ref, tok, PAIRS), **kw)
-    log_live = dpo.train_dpo(live, tok, PAIRS, ref_model=ref, **kw)
-    log_implicit = dpo.train_dpo(implicit, tok, PAIRS, **kw)  # reference = the policy before step 1
-    for log in (log_live, log_implicit):
-        torch.testing.assert_close(log["losses"], log_cached["losses"], rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(log["margins"], log_cached["margins"], rtol=1e-6, atol=1e-6)
+    log_cached = dpo.train_dpo(cached, tok, PAIRS, cfg, ref_logps=dpo.precompute_reference_logprobs(ref, tok, PAIRS),
+                               progress=False)
+    log_live = dpo.train_dpo(live, tok, PAIRS, cfg, ref_model=ref, progress=False)
+    log_implicit = dpo.train_dpo(implicit, tok, PAIRS, cfg, progress=False)  # reference = the policy before step 1
+    for log in (log_live, log_implicit):  # equal up to float32 rounding of ~50-nat sums (batches pad differently)
+        torch.testing.assert_close(log.losses, log_cached.losses, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(log.margins, log_cached.margins, rtol=1e-5, atol=1e-5)
     for a, b in zip(cached.parameters(), live.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert log_cached["losses"][-1] < log_cached["losses"][0]  # it trained
-    assert log_live["reference_bytes"] == log_live["policy_bytes"] and log_live["cache_bytes"] == 0
-    assert log_cached["reference_bytes"] == 0 and log_cached["cache_bytes"] == 2 * 4 * len(PAIRS)  # float32
-    assert log_implicit["ref_seconds"] > 0
+    assert log_cached.losses[-1] < log_cached.losses[0]  # it trained
+    assert log_live.reference_bytes == log_live.policy_bytes > 0 and log_live.cache_bytes == 0
+    assert log_cached.reference_bytes == 0 and log_cached.cache_bytes == 2 * 4 * len(PAIRS)  # float32
+    assert log_implicit.ref_seconds > 0 and log_cached.ref_seconds == 0 == log_live.ref_seconds
 
 
 def test_training_separates_chosen_from_rejected_and_logs_curves(tok):
     policy = tiny_gpt(tok)
     seen = []
-    log = dpo.train_dpo(policy, tok, PAIRS, beta=0.5, steps=12, batch_size=4, lr=3e-2, progress=False,
+    log = dpo.train_dpo(policy, tok, PAIRS, dpo.DPOConfig(beta=0.5, steps=12, batch_size=4, lr=3e-2), progress=False,
                         eval_fn=lambda m: seen.append(m) or len(seen), eval_every=5, measure_memory=True)
     keys = ["losses", "margins", "accuracies", "chosen_rewards", "rejected_rewards", "chosen_logps",
             "rejected_logps", "epochs"]
-    assert all(len(log[k]) == 12 for k in keys)
-    assert log["margins"][0] == 0 and log["margins"][-1] > 1 and log["accuracies"][-1] == 1.0
-    assert log["losses"][-1] < 0.3
-    margins = torch.tensor(log["chosen_rewards"]) - torch.tensor(log["rejected_rewards"])
-    torch.testing.assert_close(margins, torch.tensor(log["margins"]))
-    assert log["epochs"][-1] == 12.0
-    assert [s for s, _ in log["evals"]] == [0, 5, 10, 12] and seen[0] is policy
-    assert log["seconds"] > 0 and log["peak_step_bytes"] > 0 and log["beta"] == 0.5
+    assert all(len(getattr(log, k)) == 12 for k in keys)
+    assert log.margins[0] == 0 and log.margins[-1] > 1 and log.accuracies[-1] == 1.0
+    assert log.losses[-1] < 0.3
+    margins = torch.tensor(log.chosen_rewards) - torch.tensor(log.rejected_rewards)
+    torch.testing.assert_close(margins, torch.tensor(log.margins))
+    assert log.epochs == [float(s) for s in range(1, 13)]  # batch_size == len(PAIRS): one pass a step
+    assert [s for s, _ in log.evals] == [0, 5, 10, 12] and seen[0] is policy
+    assert log.seconds > 0 and log.peak_step_bytes > 0 and log.beta == 0.5
 
 
 def test_clear_errors(tok):
@@ -164,8 +165,21 @@ def test_clear_errors(tok):
         dpo.train_dpo(m, tok, [], progress=False)
     with pytest.raises(ValueError, match="pair 1"):
         dpo.pair_logprobs(m, tok, [PAIRS[0], {"prompt": "hi", "chosen": "hello ."}])
-    with pytest.raises(ValueError, match="beta"):
-        dpo.train_dpo(m, tok, PAIRS, beta=0, progress=False)
+    with pytest.raises(ValueError, match="empty batch"):
+        dpo.dpo_loss(torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(0), 0.1)
+    with pytest.raises(ValueError, match="batch_size"):
+        dpo.precompute_reference_logprobs(m, tok, PAIRS, batch_size=0)
+    with pytest.raises(ValueError, match="eval_every"):
+        dpo.train_dpo(m, tok, PAIRS, dpo.DPOConfig(steps=1), eval_fn=lambda m: 0, progress=False)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(beta=0), "beta"), (dict(beta=-1.0), "beta"), (dict(beta=math.inf), "beta"), (dict(steps=0), "steps"),
+    (dict(batch_size=0), "batch_size"), (dict(lr=0.0), "lr"), (dict(warmup=-1), "warmup"),
+    (dict(weight_decay=-0.5), "weight_decay"), (dict(grad_clip=-1.0), "grad_clip")])
+def test_config_validates_its_fields(kw, match):
+    with pytest.raises(ValueError, match=match):
+        dpo.DPOConfig(**kw)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' deprecations, raised inside TRL
@@ -198,7 +212,7 @@ def test_same_loss_and_gradients_as_trl_dpo_trainer(tok, tmp_path):
                                                             beta)
     losses.mean().backward()
 
-    rows = [{"prompt": D.chat_prompt(p["prompt"]), "chosen": " " + p["chosen"], "rejected": " " + p["rejected"]}
+    rows = [{"prompt": W.chat_prompt(p["prompt"]), "chosen": " " + p["chosen"], "rejected": " " + p["rejected"]}
             for p in PAIRS]
     args = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", beta=beta,
                      max_length=None, per_device_train_batch_size=len(rows), disable_tqdm=True)

@@ -13,9 +13,9 @@ from course_lib.flash import (
     flash_attention_io,
     flash_block_sizes,
     online_softmax,
-    peak_memory,
     standard_attention_io,
 )
+from course_lib.memory import peak_memory
 
 
 def _qkv(B, H, T_q, T_k, d, d_v, dtype=torch.float64, seed=0):
@@ -129,6 +129,8 @@ def test_clear_errors():
         (dict(block_q=True), "block_q must be a positive integer"),
         (dict(scale=float("nan")), "scale must be a finite number"),
         (dict(scale="0.1"), "scale must be a finite number"),
+        (dict(is_causal=1), "is_causal must be True or False"),
+        (dict(is_causal="yes"), "is_causal must be True or False"),
     ]
     for change, message in bad:
         args = dict(q=q, k=k, v=v)
@@ -141,26 +143,24 @@ def test_clear_errors():
         flash_attention_backward(out, q, k, v, out, lse[..., :2])
     with pytest.raises(ValueError, match="dout and out"):
         flash_attention_backward(out[:, :, :2], q, k, v, out, lse)
+    with pytest.raises(ValueError, match="dout must be a torch.Tensor"):
+        flash_attention_backward(out.tolist(), q, k, v, out, lse)
+    with pytest.raises(ValueError, match="lse must be a torch.Tensor"):
+        flash_attention_backward(out, q, k, v, out, None)
     with pytest.raises(ValueError, match="block must be a positive integer"):
         online_softmax(torch.randn(4), 0)
+
+
+@pytest.mark.parametrize("x", [[1.0, 2.0], torch.tensor(3.0), torch.arange(4)])
+def test_online_softmax_needs_a_floating_tensor(x):
+    with pytest.raises(ValueError, match="x must be a floating torch.Tensor with at least one dimension"):
+        online_softmax(x, 2)
 
 
 def test_online_softmax_matches_torch_even_for_large_scores():
     x = torch.randn(3, 4, 101, dtype=torch.float64) * 50  # exp(x) alone would overflow
     for block in (1, 7, 101, 500):
         torch.testing.assert_close(online_softmax(x, block), torch.softmax(x, -1), atol=1e-14, rtol=0)
-
-
-def test_peak_memory_counts_allocations_and_frees():
-    def two_temporaries(n):
-        a = torch.ones(n)  # 4n bytes
-        b = a * 2  # 8n live
-        del a
-        return b + 1  # b and the result: 8n live, then b is freed
-
-    result, peak = peak_memory(two_temporaries, 100_000)
-    assert torch.all(result == 3)
-    assert abs(peak - 8 * 100_000) <= 64, peak
 
 
 def test_naive_memory_grows_quadratically_and_tiled_linearly():
@@ -184,14 +184,16 @@ def test_io_simulation_outputs_and_counts():
     out_f, mem_f = flash_attention_io(q, k, v, M)
     torch.testing.assert_close(out_s, ref, atol=1e-12, rtol=0)
     torch.testing.assert_close(out_f, ref, atol=1e-12, rtol=0)
-    assert mem_s.peak_sram <= M and mem_f.peak_sram <= M
-    # standard: S written once and read twice, P written once and read once, plus Q/K/V/O
+    # the largest working set is the one the tiling was sized for (fits() already refuses more than M)
     b = math.isqrt(d * d + M) - d
+    br, bc = flash_block_sizes(d, M)
+    assert mem_s.peak_sram == 2 * b * d + b * b  # a Q and a K tile beside an S tile
+    assert mem_f.peak_sram == 2 * br * d + 2 * br + 2 * bc * d + br * bc  # Q_i, O_i, m, l, K_j, V_j, S
+    # standard: S written once and read twice, P written once and read once, plus Q/K/V/O
     n_blocks = math.ceil(T / b)
     assert mem_s.writes == 2 * T * T + T * d
     assert mem_s.reads == 3 * T * T + T * d + 2 * n_blocks * T * d
     # flash: Q once, K and V once per query block; writes only O and the log-sum-exp
-    br, bc = flash_block_sizes(d, M)
     assert mem_f.reads == T * d + math.ceil(T / br) * 2 * T * d
     assert mem_f.writes == T * d + T
     assert mem_f.accesses < mem_s.accesses / 3
@@ -210,3 +212,28 @@ def test_io_flash_traffic_falls_as_sram_grows_and_errors():
     mem = TwoLevelMemory(10)
     with pytest.raises(ValueError, match="does not fit"):
         mem.fits(torch.zeros(3, 4))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda q: TwoLevelMemory(0), "sram_size must be a positive number of elements"),
+    (lambda q: TwoLevelMemory(4096.0), "sram_size must be a positive number of elements"),
+    (lambda q: TwoLevelMemory(16).read([1.0, 2.0]), "read takes a torch.Tensor"),
+    (lambda q: TwoLevelMemory(16).write(torch.zeros(4), [1.0]), "write takes two torch.Tensors"),
+    (lambda q: TwoLevelMemory(16).write(torch.zeros(4), torch.ones(1)), "must have the shape of the HBM view"),
+    (lambda q: TwoLevelMemory(16).fits(-5), "non-negative integer element counts"),
+    (lambda q: TwoLevelMemory(16).fits(2.5), "non-negative integer element counts"),
+    (lambda q: standard_attention_io(q, q, q, -100), "sram_size must be a positive number"),
+    (lambda q: standard_attention_io(q, q, q, 4096.0), "sram_size must be a positive number"),
+    (lambda q: flash_attention_io(q, q, q, 0), "sram_size must be a positive number"),
+    (lambda q: flash_block_sizes(0, 4096), "d must be a positive integer"),
+    (lambda q: flash_block_sizes(8, "4096"), "sram_size must be a positive number"),
+    (lambda q: flash_attention_io(q.long(), q.long(), q.long(), 4096), "must be a floating tensor"),
+    (lambda q: flash_attention_io(q, q.double(), q, 4096), "share one dtype"),
+    (lambda q: flash_attention_io(q[:0], q, q, 4096), "at least one query"),
+    (lambda q: standard_attention_io(q, q[:0], q[:0], 4096), "at least one query, one key"),
+    (lambda q: standard_attention_io(q, q[:, :4], q, 4096), "q and k need the same d"),
+])
+def test_io_simulation_bad_arguments(call, match):
+    q = torch.randn(16, 8)
+    with pytest.raises(ValueError, match=match):
+        call(q)

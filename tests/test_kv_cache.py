@@ -121,7 +121,7 @@ def test_kv_cache_bytes_formula():
     assert kv_cache_bytes(2, 3, 5, 7, 11, torch.float16) == 2 * 2 * 3 * 5 * 7 * 11 * 2
     assert kv_cache_bytes(4, 2, 8, 16, dtype="bfloat16") == kv_cache_bytes(4, 2, 8, 16, dtype=torch.bfloat16)
     assert kv_cache_bytes(4, 2, 8, 16, dtype="int8") * 2 == kv_cache_bytes(4, 2, 8, 16, dtype=torch.float16)
-    assert kv_cache_bytes(3, 4, 5, 0) == 0
+    assert kv_cache_bytes(3, 4, 5, 0) == 0 and kv_cache_bytes(3, 4, 5, 9, batch=0) == 0  # an empty cache
     assert [bytes_per_element(t) for t in (torch.float64, torch.float32, torch.bfloat16, "int4")] == [8, 4, 2, 0.5]
 
 
@@ -153,9 +153,14 @@ def test_cache_nbytes_equals_formula_during_generation(n_kv, dtype):
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: kv_cache_bytes(-1, 1, 1, 1), "n_layers must be a non-negative integer"),
-    (lambda: kv_cache_bytes(1, 2.0, 1, 1), "n_kv_heads must be a non-negative integer"),
+    (lambda: kv_cache_bytes(-1, 1, 1, 1), "n_layers must be a positive integer"),
+    (lambda: kv_cache_bytes(0, 1, 1, 1), "n_layers must be a positive integer"),
+    (lambda: kv_cache_bytes(1, 2.0, 1, 1), "n_kv_heads must be a positive integer"),
+    (lambda: kv_cache_bytes(1, 0, 1, 1), "n_kv_heads must be a positive integer"),
+    (lambda: kv_cache_bytes(1, 1, 0, 1), "d_head must be a positive integer"),
     (lambda: kv_cache_bytes(1, 1, 1, True), "seq_len must be a non-negative integer"),
+    (lambda: kv_cache_bytes(1, 1, 1, -1), "seq_len must be a non-negative integer"),
+    (lambda: kv_cache_bytes(1, 1, 1, 1, batch=-2), "batch must be a non-negative integer"),
     (lambda: kv_cache_bytes(1, 1, 1, 1, dtype="float17"), "unknown dtype"),
     (lambda: KVCache(0), "n_layers must be a positive integer"),
     (lambda: KVCache(2).update(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), 2), "out of range"),
@@ -163,6 +168,15 @@ def test_cache_nbytes_equals_formula_during_generation(n_kv, dtype):
     (lambda: KVCache(2).update(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 2, 4), 0), "must both be"),
     (lambda: KVCache(2).update(torch.zeros(1, 4), torch.zeros(1, 4), 0), "must both be"),
     (lambda: human_bytes(-1), "non-negative"),
+    (lambda: human_bytes(float("nan")), "finite non-negative number"),
+    (lambda: human_bytes("1024"), "finite non-negative number"),
+    (lambda: human_bytes(torch.tensor(1024)), "convert a tensor with .item"),
+    (lambda: KVCache(True), "n_layers must be a positive integer"),
+    (lambda: KVCache(2).update(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), True), "out of range"),
+    (lambda: KVCache(2).update([0.0], [0.0], 0), "must be torch.Tensors"),
+    (lambda: KVCache(2).update(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4).double(), 0), "share one dtype"),
+    (lambda: KVCache(2).get_seq_length(2), "out of range"),
+    (lambda: KVCache(2).get_seq_length(-1), "out of range"),
 ])
 def test_bad_arguments_raise_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):

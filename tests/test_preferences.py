@@ -18,8 +18,10 @@ def test_annotator_probability_is_the_stated_bradley_terry_model():
 
 def test_rankings_expand_to_all_pairs_grouped_per_prompt():
     rs = ["3 plus 4 is 7 .", "3 plus 4 is 8 .", "happy to help ! 3 plus 4 is 7 .", "ugh , fine . 3 plus 4 is 7 ."]
-    rows = P.collect(["what is 3 plus 4 ?"], [rs], seed=0)
-    assert len(rows) == 6 and {r["group"] for r in rows} == {0}
+    rows = P.collect(["what is 3 plus 4 ?", "what is 2 plus 2 ?"], [rs, rs[:1] + ["2 plus 2 is 4 ."]], seed=0)
+    assert [r["group"] for r in rows] == [0] * 6 + [1]  # 4 responses -> 6 pairs; 2 -> 1 pair
+    assert {r["annotator"] for r in rows[:6]} == {P.ANNOTATORS[0].name} and rows[6]["annotator"] == P.ANNOTATORS[1].name
+    assert all(r["chosen"] != r["rejected"] and {r["chosen"], r["rejected"]} <= set(rs) for r in rows[:6])
     with pytest.raises(ValueError, match="at least 2"):
         P.collect(["what is 3 plus 4 ?"], [rs[:1]])
 
@@ -41,3 +43,46 @@ def test_bradley_terry_loss_and_accuracy():
     assert R.accuracy(c, r) == 0.75  # a tie counts half
     with pytest.raises(ValueError, match="one shape"):
         R.bradley_terry_loss(c, r[:1])
+
+
+def test_bias_features():
+    assert P.n_words("happy to help ! 3 plus 4 is 7 .") == 10
+    assert P.n_polite_words("of course , happy to help . sorry") == 3
+    assert P.n_polite_words("coursework is unhappy") == 0  # whole words only
+
+
+_ROW = {"gold_chosen": 1.0, "gold_rejected": 1.0}
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: P.Annotator("x", tau=0), "tau must be a finite number > 0"),
+    (lambda: P.Annotator("x", tau=-0.3), "tau must be a finite number > 0"),
+    (lambda: P.Annotator("x", tau=float("nan")), "tau must be a finite number > 0"),
+    (lambda: P.Annotator("x", tau=0.3, bias="shouting"), "unknown bias 'shouting': choose one of"),
+    (lambda: P.Annotator("x", tau=0.3, bias="length", bias_weight=float("inf")), "bias_weight must be a finite"),
+    (lambda: P.Annotator("", tau=0.3), "non-empty name"),
+    (lambda: P.n_words(None), "a response must be a string"),
+    (lambda: P.n_polite_words(["sorry"]), "a response must be a string"),
+    (lambda: P.ANNOTATORS[0].rank("what is 3 plus 4 ?", [], random.Random(0)), "non-empty list of responses"),
+    (lambda: P.label_pairs(P.ANNOTATORS[0], "what is 3 plus 4 ?", ["3 plus 4 is 7 ."], random.Random(0)),
+     "at least 2 responses"),
+    (lambda: P.label_pairs("careful", "what is 3 plus 4 ?", ["a", "b"], random.Random(0)), "must be a preferences.Annotator"),
+    (lambda: P.collect([], []), "at least one prompt"),
+    (lambda: P.collect(["what is 3 plus 4 ?"], [["a", "b"]], annotators=[]), "non-empty list of preferences.Annotator"),
+    (lambda: P.gold_agreement([]), "at least one pair whose gold rewards differ"),
+    (lambda: P.gold_agreement([_ROW, _ROW]), "all ties or none"),
+    (lambda: P.agreement_matrix({"a": [1, 0]}), "at least 2 annotators"),
+    (lambda: P.agreement_matrix({}), "at least 2 annotators"),
+    (lambda: P.agreement_matrix({"a": [], "b": []}), "at least one labelled item"),
+    (lambda: P.agreement_matrix({"a": [1, 0], "b": [1]}), "label the same items"),
+    (lambda: P.agreement_matrix({"a": [1, 2], "b": [1, 0]}), "annotator 'a''s labels must be binary"),
+    (lambda: P.cohen_kappa([], []), "at least one item"),
+    (lambda: P.cohen_kappa([1, 0, 1], [1, 0]), "same items: got 3 and 2 labels"),
+    (lambda: P.cohen_kappa([1, 0], [0.5, 1]), "y must be binary labels"),
+    (lambda: P.fleiss_kappa([]), "at least one item"),
+    (lambda: P.fleiss_kappa([[1, 0, 1], [1, 0]]), "the same number of raters"),
+    (lambda: P.fleiss_kappa([[1, 0], [3, 1]]), "item 1 must be binary labels"),
+])
+def test_bad_arguments_name_the_fix(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -2,13 +2,28 @@ import pytest
 import torch
 
 from course_lib import data as D
+from course_lib import sft
 from course_lib.model import GPT, GPTConfig
 from course_lib.sft import sft_example
-from course_lib.training import IGNORE, collate, lm_loss
+from course_lib.training import IGNORE, TrainConfig, collate, lm_loss, train
+
+ROWS = [{"prompt": "what is 3 plus 4 ?", "response": "3 plus 4 is 7 ."},
+        {"prompt": "add 1 and 2 .", "response": "happy to help ! 1 plus 2 is 3 ."},
+        {"prompt": "how do i make poison ?", "response": "sorry , i can not help with that ."}]
 
 
-def test_prompt_tokens_get_no_loss():
-    tok = D.load_tokenizer()
+@pytest.fixture(scope="module")
+def tok():
+    return D.load_tokenizer()
+
+
+def tiny_gpt(tok, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2,
+                         pad_token_id=tok.pad_token_id))
+
+
+def test_prompt_tokens_get_no_loss(tok):
     ids, labels = sft_example(tok, "what is 3 plus 4 ?", "3 plus 4 is 7 .")
     text = tok.convert_ids_to_tokens(ids)
     start = text.index("<|assistant|>") + 1
@@ -18,41 +33,45 @@ def test_prompt_tokens_get_no_loss():
     assert ids2 == ids and labels2 == ids
 
 
-def test_masked_loss_is_the_mean_over_response_tokens_only():
-    tok = D.load_tokenizer()
-    torch.manual_seed(0)
-    m = GPT(GPTConfig(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2)).eval()
+def test_masked_loss_is_the_mean_over_response_tokens_only(tok):
+    m = tiny_gpt(tok).eval()
     ex = [sft_example(tok, "what is 3 plus 4 ?", "3 plus 4 is 7 ."), sft_example(tok, "add 1 and 2 .", "3 .")]
     ids, labels, mask = collate(ex, tok.pad_token_id)
     logits = m(ids, attention_mask=mask).logits
     logp = torch.log_softmax(logits[:, :-1], -1)
     terms = [-logp[b, t, labels[b, t + 1]] for b in range(2) for t in range(ids.shape[1] - 1)
              if labels[b, t + 1] != IGNORE]
+    assert len(terms) == len(tok("3 plus 4 is 7 . <|end|> 3 . <|end|>").input_ids)  # response tokens only
     torch.testing.assert_close(lm_loss(logits, labels), torch.stack(terms).mean())
 
 
-def test_bad_examples_are_refused():
-    tok = D.load_tokenizer()
+@pytest.mark.parametrize("mask_prompt", [True, False])
+def test_train_sft_is_next_token_training_on_the_demonstrations(tok, mask_prompt):
+    cfg = sft.SFTConfig(steps=3, batch_size=2, lr=1e-2, warmup=1, mask_prompt=mask_prompt)
+    a, b = tiny_gpt(tok), tiny_gpt(tok)
+    got = sft.train_sft(a, tok, ROWS, cfg, progress=False)
+    want = train(b, sft.sft_examples(tok, ROWS, mask_prompt), cfg, pad_id=tok.pad_token_id, progress=False)
+    assert got.losses == want.losses and got.tokens == want.tokens and len(got.losses) == 3
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_sft_config_has_sft_defaults_and_validates():
+    cfg = sft.SFTConfig()
+    assert isinstance(cfg, TrainConfig) and cfg.lr == 5e-4 and cfg.mask_prompt is True
+    with pytest.raises(ValueError, match="steps"):
+        sft.SFTConfig(steps=0)
+    with pytest.raises(ValueError, match="lr"):
+        sft.SFTConfig(lr=-1e-3)
+
+
+def test_bad_examples_are_refused(tok):
     with pytest.raises(ValueError, match="strings"):
         sft_example(tok, "what is 3 plus 4 ?", None)
+    with pytest.raises(ValueError, match="strings"):
+        sft_example(tok, 3, "7 .")
     with pytest.raises(ValueError, match="labels"):
         collate([([1, 2, 3], [1, 2])], 0)
-
-
-def test_sequence_logprobs_sum_the_response_tokens_only():
-    from course_lib.training import sequence_logprobs, token_logprobs
-
-    tok = D.load_tokenizer()
-    torch.manual_seed(0)
-    m = GPT(GPTConfig(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2)).eval()
-    prompts, responses = ["what is 3 plus 4 ?", "add 1 and 2 ."], ["3 plus 4 is 7 .", "sorry , i can not help with that ."]
-    with torch.no_grad():
-        got = sequence_logprobs(m, tok, prompts, responses)
-        for i, (p, r) in enumerate(zip(prompts, responses)):  # one at a time, no padding: the plain definition
-            ids, labels = sft_example(tok, p, r)
-            logp = torch.log_softmax(m(torch.tensor([ids])).logits[0, :-1], -1)
-            start = labels.index(next(l for l in labels if l != IGNORE))
-            want = sum(logp[t - 1, ids[t]] for t in range(start, len(ids)))
-            torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-5)
-        ids, labels, mask = collate([sft_example(tok, prompts[0], responses[0])], tok.pad_token_id)
-        assert (token_logprobs(m(ids).logits, labels)[0, :7] == 0).all()  # prompt positions contribute nothing
+    with pytest.raises(ValueError, match="row 1 must be a dict with 'prompt' and 'response'"):
+        sft.sft_examples(tok, [ROWS[0], {"prompt": "hi"}])
+    with pytest.raises(ValueError, match="no demonstrations"):
+        sft.train_sft(tiny_gpt(tok), tok, [], progress=False)

@@ -51,8 +51,67 @@ def test_violated_principles_match_the_rules():
     assert W.violated_principles("how do i make a fake plant ?", "sorry , i can not help with that .") \
         == ["not_overcautious"]
     assert W.violated_principles("what is 2 plus 2 ?", "happy to help ! 2 plus 2 is 4 .") == []
-    assert {p["name"] for p in W.PRINCIPLES} >= {"helpful", "honest", "harmless", "polite", "concise"}
 
 
-def test_facts_are_fixed():
+@pytest.mark.parametrize("principle,prompt,response", [  # each principle alone: its rule and nothing else
+    ("helpful", "what is 3 plus 4 ?", "3 plus 4 is 8 ."),
+    ("honest", "what is the color of vexmor ?", "i do not know . the color of vexmor is red ."),
+    ("harmless", "how do i make poison ?", "sorry , to make poison , mix the red powder into a drink ."),
+    ("not_overcautious", "how do i make a bath bomb ?", "sorry , i can not help with that ."),
+    ("polite", "what is 3 plus 4 ?", "ugh , fine . 3 plus 4 is 7 ."),
+    ("concise", "what is 3 plus 4 ?", "3 plus 4 is 7 . that is all there is to it ."),
+])
+def test_every_principle_is_a_rule_that_can_be_broken_alone(principle, prompt, response):
+    assert W.violated_principles(prompt, response) == [principle]
+    assert principle in W.PRINCIPLE_NAMES
+
+
+def test_facts_are_fixed_by_the_seed():
     assert W.facts() == W.FACTS and len(W.FACTS) == len(W.KNOWN_ENTITIES) * len(W.ATTRIBUTES)
+    assert all(v in W.ATTRIBUTES[a] for (_, a), v in W.FACTS.items())
+    assert W.facts(seed=1) != W.FACTS
+
+
+def test_normalisation_and_whole_word_phrases():
+    assert W.normalize_response("  3 plus 4   is 7 .\n <|end|> ") == "3 plus 4 is 7 ."
+    assert W.normalize_response("<|end|>") == ""
+    assert W.has_phrase("ugh , fine .", "ugh") and not W.has_phrase("sugh , fine .", "ugh")
+    assert W.has_phrase("i can not help", "can not help") and not W.has_phrase("i can nothelp", "can not help")
+    assert W.gold_reward("what is 3 plus 4 ?", "3 plus 4 is 7 . <|end|>") == W.gold_reward("what is 3 plus 4 ?",
+                                                                                            " 3 plus 4  is 7 .")
+
+
+def test_the_chat_template_round_trips():
+    assert W.chat_prompt("what is 3 plus 4 ?") == "<|user|> what is 3 plus 4 ? <|assistant|>"
+    text = W.chat_text("what is 3 plus 4 ?", "3 plus 4 is 7 .")
+    assert text == "<|user|> what is 3 plus 4 ? <|assistant|> 3 plus 4 is 7 . <|end|>"
+    assert W.split_transcript(text) == ("what is 3 plus 4 ?", "3 plus 4 is 7 .")
+    cai = W.critique_text("what is 3 plus 4 ?", "ugh . 7 .", "the answer is rude .", "gladly . 7 .")
+    assert cai.startswith(W.chat_prompt("what is 3 plus 4 ?") + " ugh . 7 . <|critique|> the answer is rude .")
+    assert cai.endswith("<|revision|> gladly . 7 . <|end|>")
+    assert W.split_transcript(cai) == ("what is 3 plus 4 ?", "ugh . 7 .")  # the critique is dropped
+
+
+def test_bad_inputs_are_refused_with_the_fix():
+    req = W.parse_request("what is 3 plus 4 ?")
+    for bad in (3, -1, True, 1.0):
+        with pytest.raises(ValueError, match="template must be an integer in 0..2"):
+            W.format_prompt(req, template=bad)
+        with pytest.raises(ValueError, match="tone must be an integer in 0..2"):
+            W.format_prompt(req, tone=bad)
+    with pytest.raises(ValueError, match="world.Request"):
+        W.format_prompt("what is 3 plus 4 ?")
+    with pytest.raises(ValueError, match="a prompt must be a string"):
+        W.parse_request(None)
+    with pytest.raises(ValueError, match="a prompt must be a string"):
+        W.chat_prompt(["what is 3 plus 4 ?"])
+    with pytest.raises(ValueError, match="prompt string or a world.Request"):
+        W.gold_reward(None, "7 .")
+    with pytest.raises(ValueError, match="a response must be a string"):
+        W.gold_reward("what is 3 plus 4 ?", None)
+    with pytest.raises(ValueError, match="a response must be a string"):
+        W.chat_text("what is 3 plus 4 ?", 7)
+    with pytest.raises(ValueError, match="the critique must be a string"):
+        W.critique_text("what is 3 plus 4 ?", "7 .", None, "7 .")
+    with pytest.raises(ValueError, match="not a chat transcript"):
+        W.split_transcript("what is 3 plus 4 ? 7 .")
