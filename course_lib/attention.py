@@ -7,7 +7,8 @@
 `scaled_dot_product_attention` gives the same numbers as
 `torch.nn.functional.scaled_dot_product_attention` for the same arguments (the
 tests check it), and can also return the attention weights, which torch's cannot.
-`MultiHeadAttention` shares K/V heads across groups of query heads (MHA, GQA, MQA), and
+`MultiHeadAttention` shares K/V heads across groups of query heads (MHA, GQA, MQA), optionally
+rotates its queries and keys by their positions (RoPE, `course_lib.positions`), and
 `convert_mha_to_gqa` turns a trained MHA model into a GQA one (Ainslie et al. 2023).
 """
 import copy
@@ -17,6 +18,8 @@ import numbers
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .positions import apply_rope
 
 
 def _is_int(value):
@@ -112,6 +115,7 @@ def scaled_dot_product_attention(
     attn_mask: boolean (True = may attend) or additive float, broadcastable to (..., T_q, T_k).
     A query row with no key it may attend to gets zero weights (and zero output), as in torch.
     Returns the output (..., T_q, d_v), or (output, weights) if return_weights.
+    Taught inline in notebook 01 §1 (Queries, keys, values); the notebook checks both against torch's SDPA.
     """
     batch = _check_qkv(q, k, v)
     T_q, T_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
@@ -150,9 +154,14 @@ class MultiHeadAttention(nn.Module):
     outputs are concatenated and mixed by an output projection. n_kv_heads key/value
     heads are shared by groups of n_heads // n_kv_heads query heads:
     n_kv_heads == n_heads is MHA, 1 is MQA, anything in between that divides n_heads is GQA.
+
+    rope_theta=None (the default) leaves q and k as projected. A number (10000 in RoFormer and
+    Llama 2) applies RoPE with that base: q and k are rotated by their positions before the KV
+    cache stores k, so the cache holds rotated keys and a decoding step rotates only the new one.
+    Taught inline in notebook 01 §4 (Multi-head attention); the notebook checks both against nn.MultiheadAttention.
     """
 
-    def __init__(self, d_model, n_heads, n_kv_heads=None, dropout=0.0, bias=False):
+    def __init__(self, d_model, n_heads, n_kv_heads=None, dropout=0.0, bias=False, rope_theta=None):
         super().__init__()
         if not _is_int(d_model) or d_model < 1:
             raise ValueError(f"d_model must be a positive integer (the embedding width), got {d_model!r}")
@@ -172,7 +181,18 @@ class MultiHeadAttention(nn.Module):
             )
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a number in [0, 1) (0 = no dropout), got {dropout!r}")
+        if rope_theta is not None:
+            if isinstance(rope_theta, bool) or not isinstance(rope_theta, numbers.Real) \
+                    or not math.isfinite(rope_theta) or rope_theta <= 1:
+                raise ValueError(f"rope_theta must be None (no RoPE) or a finite base > 1 such as 10000.0, "
+                                 f"got {rope_theta!r}")
+            if (d_model // n_heads) % 2:
+                even = [h for h in range(1, d_model + 1) if d_model % h == 0 and (d_model // h) % 2 == 0]
+                raise ValueError(f"RoPE rotates pairs of dimensions, so the head dimension d_model // n_heads must "
+                                 f"be even, got {d_model} // {n_heads} = {d_model // n_heads}; "
+                                 f"choose n_heads among {even}")
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
+        self.rope_theta = None if rope_theta is None else float(rope_theta)
         self.d_head = d_model // n_heads
         self.group = n_heads // n_kv_heads  # query heads per K/V head
         self.dropout = dropout
@@ -180,12 +200,15 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.d_head, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)  # W_o
 
-    def forward(self, x, attn_mask=None, is_causal=False, return_weights=False, cache=None, layer=0):
+    def forward(self, x, attn_mask=None, is_causal=False, return_weights=False, cache=None, layer=0,
+                position_ids=None):
         """x (B, T, d_model) -> (B, T, d_model) [, weights (B, n_heads, T, T_k)].
 
         attn_mask broadcasts to (B, n_heads, T, T_k). With a `course_lib.kv_cache.KVCache`,
         the new keys/values are appended to `cache` at index `layer` and the queries
-        attend to every cached position (T_k = past + T)."""
+        attend to every cached position (T_k = past + T).
+        position_ids (T,) or (B, T), for RoPE only: the positions of the new tokens (default
+        past .. past + T - 1); pass them per sequence with left padding."""
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be a tensor of shape (batch, T, d_model={self.d_model}), got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -197,6 +220,14 @@ class MultiHeadAttention(nn.Module):
         q = q.view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dh)
         k = k.view(B, T, Hkv, dh).transpose(1, 2)  # (B, Hkv, T, dh)
         v = v.view(B, T, Hkv, dh).transpose(1, 2)  # (B, Hkv, T, dh)
+        if self.rope_theta is not None:  # rotate q and k by their positions *before* caching k
+            if position_ids is None:
+                past = cache.get_seq_length(layer) if cache is not None else 0
+                position_ids = torch.arange(past, past + T, device=x.device)  # (T,)
+            q, k = apply_rope(q, k, position_ids, self.rope_theta)  # shapes unchanged
+        elif position_ids is not None:
+            raise ValueError("position_ids are used by RoPE only, and this layer has rope_theta=None; "
+                             "add learned or sinusoidal positions to x instead, or build it with rope_theta=10000.0")
         if cache is not None:
             k, v = cache.update(k, v, layer)  # (B, Hkv, T_k, dh), T_k = past + T
         T_k = k.shape[-2]
@@ -240,7 +271,7 @@ def _pool_kv_heads(attn, n_kv_heads, method, generator):
     H, old, dh, d = attn.n_heads, attn.n_kv_heads, attn.d_head, attn.d_model
     r = old // n_kv_heads  # consecutive old K/V heads that become one new head
     w, b = attn.qkv.weight, attn.qkv.bias
-    new = MultiHeadAttention(d, H, n_kv_heads, dropout=attn.dropout, bias=b is not None)
+    new = MultiHeadAttention(d, H, n_kv_heads, dropout=attn.dropout, bias=b is not None, rope_theta=attn.rope_theta)
     new = new.to(device=w.device, dtype=w.dtype).train(attn.training)
 
     def pool(t, is_bias=False):  # (old * dh, ...) -> (n_kv_heads * dh, ...)
@@ -276,7 +307,8 @@ def convert_mha_to_gqa(module, n_kv_heads, method="mean", generator=None):
                biases zero), using `generator` (a torch.Generator) if given.
     Query and output projections are copied unchanged. `module` is a MultiHeadAttention or any
     module containing some (such as `course_lib.model.GPT`, whose config.n_kv_heads is updated);
-    it is left untouched. n_kv_heads must divide each layer's current number of K/V heads."""
+    it is left untouched. n_kv_heads must divide each layer's current number of K/V heads.
+    Taught inline in notebook 02 §7 (GQA from an MHA checkpoint); the notebook asserts they agree (mean-pooling)."""
     if method not in _CONVERSIONS:
         raise ValueError(f"method must be one of {_CONVERSIONS}, got {method!r}")
     if generator is not None and not isinstance(generator, torch.Generator):

@@ -18,6 +18,15 @@ block by block and never holds more than one (block_q, block_k) tile of scores:
 The backward recomputes each tile's probabilities from L (P = exp(S - L)) instead of
 storing them, so training needs O(T) extra memory too.
 
+Fit for decoding: grouped K/V heads (GQA, MQA) are taken as they are, the query heads of a
+group stacked as rows of one product (K and V are never repeated), and `causal_alignment`
+places the causal diagonal top-left (torch's is_causal) or bottom-right (a few new queries
+against a longer KV cache, as flash-attn >= 2.1). Partial states (out, lse) over disjoint
+keys merge exactly (`merge_attention_states`), which is split-K decoding (`flash_decoding`,
+FlashDecoding) and ring attention's step. The chunking idea is Rabe & Staats' (2021,
+"Self-attention Does Not Need O(n^2) Memory"); FlashAttention's contribution is doing it
+IO-aware, in one fused kernel that keeps the tiles in SRAM.
+
 Also here: a simulated two-level memory that counts the HBM traffic of standard and tiled
 attention (`standard_attention_io`, `flash_attention_io`). The peak-memory measurement is
 `course_lib.memory.peak_memory`.
@@ -37,7 +46,9 @@ def online_softmax(x, block):
     """softmax(x) over the last dimension, reading x in chunks of `block` (Milakov & Gimelshein 2018).
 
     One pass keeps a running max m and a running sum l of exp(x - m); when a chunk raises
-    the max, the sum so far is rescaled by exp(m_old - m_new). A second pass normalises."""
+    the max, the sum so far is rescaled by exp(m_old - m_new). A second pass normalises.
+
+    Taught inline in notebook 03 §2 (`online_softmax_row`); the notebook asserts they agree."""
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point():
         got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a floating torch.Tensor with at least one dimension (the softmax runs over "
@@ -67,10 +78,16 @@ def _check_sram(sram_size):
     return sram_size
 
 
-def _check(q, k, v, scale, block_q, block_k, is_causal=False):
+CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+
+
+def _check(q, k, v, scale, block_q, block_k, is_causal=False, causal_alignment="top_left"):
     """Validate flash attention's inputs; return (scale, block_q, block_k)."""
     if not isinstance(is_causal, bool):
         raise ValueError(f"is_causal must be True or False, got {is_causal!r}")
+    if not isinstance(causal_alignment, str) or causal_alignment not in CAUSAL_ALIGNMENTS:
+        raise ValueError(f"causal_alignment must be 'top_left' (torch's is_causal: query i sees keys j <= i) or "
+                         f"'bottom_right' (decoding: query i sees keys j <= i + T_k - T_q), got {causal_alignment!r}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -85,9 +102,17 @@ def _check(q, k, v, scale, block_q, block_k, is_causal=False):
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}; "
                          "move them with .to(q.device)")
-    if not (q.shape[:2] == k.shape[:2] == v.shape[:2]):
-        raise ValueError(f"q, k, v must have the same (batch, heads), got q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)}; repeat shared K/V heads (e.g. k.repeat_interleave) before calling")
+    if not (q.shape[0] == k.shape[0] == v.shape[0]):
+        raise ValueError(f"q, k, v must have the same batch size (dim 0), got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"k and v must have the same number of K/V heads (dim 1), got k {tuple(k.shape)} and "
+                         f"v {tuple(v.shape)}")
+    H, H_kv = q.shape[1], k.shape[1]
+    if (H_kv == 0 and H != 0) or (H_kv != 0 and H % H_kv != 0):
+        raise ValueError(f"q has {H} heads and k, v have {H_kv}: the number of query heads must be a multiple of the "
+                         f"number of K/V heads (grouped-query attention: each K/V head serves H // H_kv query heads); "
+                         f"give k and v a number of heads that divides {H} (1 for multi-query, {H} for multi-head)")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must have the same last dimension d, got q {tuple(q.shape)} and k {tuple(k.shape)}")
     if k.shape[-2] != v.shape[-2]:
@@ -114,62 +139,120 @@ def _heads(t, dtype):
     return t.reshape(-1, *t.shape[2:]).to(dtype)
 
 
-def _key_end(is_causal, q_end, T_k):
-    """Keys a query block [.., q_end) may see: causal is top-left aligned, as torch's is_causal."""
-    return min(q_end, T_k) if is_causal else T_k
+def _query_rows(t, n_kv_heads, dtype):
+    """(B, H, T_q, x) -> (B*H_kv, T_q*G, x), G = H // H_kv: the G query heads that share a K/V head become rows
+    of one matrix, interleaved by position (row t*G + g is position t of the group's head g), so a block of
+    positions is a contiguous run of rows and one product with the K/V head serves the whole group; no K/V is
+    repeated. With G = 1 this is (B*H, T_q, x)."""
+    B, H, T_q, x = t.shape
+    G = H // n_kv_heads if n_kv_heads else 1
+    return t.reshape(B, n_kv_heads, G, T_q, x).transpose(2, 3).reshape(B * n_kv_heads, T_q * G, x).to(dtype)
 
 
-def _mask_tile(S, is_causal, qs, ks):
-    """Set the scores of keys after their query to -inf in a tile that starts at (qs, ks)."""
-    if is_causal and ks + S.shape[-1] - 1 > qs:  # the tile reaches above the diagonal
-        rows = torch.arange(qs, qs + S.shape[-2], device=S.device)[:, None]
+def _from_query_rows(t, B, H, n_kv_heads, T_q):
+    """(B*H_kv, T_q*G, x) -> (B, H, T_q, x): the inverse of _query_rows."""
+    G, x = (H // n_kv_heads if n_kv_heads else 1), t.shape[-1]
+    return t.reshape(B, n_kv_heads, T_q, G, x).transpose(2, 3).reshape(B, H, T_q, x)
+
+
+def _causal_offset(is_causal, causal_alignment, T_q, T_k):
+    """The causal mask's diagonal: query i may see key j <= i + offset (None: no mask)."""
+    if not is_causal:
+        return None
+    return T_k - T_q if causal_alignment == "bottom_right" else 0
+
+
+def _key_end(offset, q_end, T_k):
+    """Keys a query block [.., q_end) may see: [0, key_end). 0 when none of them sees a key."""
+    return T_k if offset is None else max(0, min(q_end + offset, T_k))
+
+
+def _mask_tile(S, offset, qs, ks, group=1):
+    """Set the scores of keys after their query's diagonal to -inf in a tile whose rows start at position qs
+    (`group` rows per position, see _query_rows) and whose columns start at key ks."""
+    if offset is not None and ks + S.shape[-1] - 1 > qs + offset:  # the tile reaches above the diagonal
+        rows = torch.arange(qs, qs + S.shape[-2] // group, device=S.device)
+        if group > 1:
+            rows = rows.repeat_interleave(group)
         cols = torch.arange(ks, ks + S.shape[-1], device=S.device)[None, :]
-        S.masked_fill_(cols > rows, -math.inf)
+        S.masked_fill_(cols > rows[:, None] + offset, -math.inf)
     return S
 
 
-@torch.no_grad()
-def flash_attention_forward(q, k, v, is_causal=False, scale=None, block_q=None, block_k=None):
-    """The tiled forward: (out (B, H, T_q, d_v), lse (B, H, T_q)), no autograd.
+def _forward(q, k, v, scale, block_q, block_k, offset):
+    """The tiled forward on checked inputs: (out (B, H, T_q, d_v), lse (B, H, T_q)), both in the working dtype.
 
-    lse is the log-sum-exp of each query's scaled scores, log sum_j exp(s_j): all the
-    backward needs to rebuild any probability, p_j = exp(s_j - lse)."""
-    scale, block_q, block_k = _check(q, k, v, scale, block_q, block_k, is_causal)
+    offset: None (no mask) or the causal diagonal (query i sees keys j <= i + offset). Rows that see no key
+    (offset < 0) get out = 0 and lse = -inf."""
     B, H, T_q, _ = q.shape
-    T_k, d_v = k.shape[-2], v.shape[-1]
+    H_kv, T_k, d_v = k.shape[1], k.shape[-2], v.shape[-1]
+    G = H // H_kv if H_kv else 1  # query heads per K/V head
     work = _work_dtype(q.dtype)
-    q3, k3, v3 = _heads(q, work), _heads(k, work), _heads(v, work)
-    out = torch.empty(B * H, T_q, d_v, dtype=work, device=q.device)
-    lse = torch.empty(B * H, T_q, 1, dtype=work, device=q.device)
+    q3, k3, v3 = _query_rows(q, H_kv, work), _heads(k, work), _heads(v, work)  # (BH_kv, T_q*G, d), (BH_kv, T_k, d)
+    out = torch.empty(B * H_kv, T_q * G, d_v, dtype=work, device=q.device)
+    lse = torch.empty(B * H_kv, T_q * G, 1, dtype=work, device=q.device)
     for qs in range(0, T_q, block_q):
         qe = min(qs + block_q, T_q)
-        Qi = q3[:, qs:qe] * scale  # (BH, bq, d)
-        m = torch.full((B * H, qe - qs, 1), -math.inf, dtype=work, device=q.device)  # running max
+        rows, k_end = slice(qs * G, qe * G), _key_end(offset, qe, T_k)
+        if k_end == 0:  # bottom-right with T_q > T_k: no query of this block sees a key
+            out[:, rows], lse[:, rows] = 0.0, -math.inf
+            continue
+        some_see_none = offset is not None and qs + offset < 0  # its first queries see no key
+        Qi = q3[:, rows] * scale  # (BH_kv, G*bq, d)
+        m = torch.full((B * H_kv, (qe - qs) * G, 1), -math.inf, dtype=work, device=q.device)  # running max
         l = torch.zeros_like(m)  # running sum of exp(s - m)
-        acc = torch.zeros(B * H, qe - qs, d_v, dtype=work, device=q.device)  # unnormalised output
-        for ks in range(0, _key_end(is_causal, qe, T_k), block_k):
-            ke = min(ks + block_k, _key_end(is_causal, qe, T_k))
-            S = _mask_tile(torch.bmm(Qi, k3[:, ks:ke].mT), is_causal, qs, ks)  # (BH, bq, bk)
+        acc = torch.zeros(B * H_kv, (qe - qs) * G, d_v, dtype=work, device=q.device)  # unnormalised output
+        for ks in range(0, k_end, block_k):
+            ke = min(ks + block_k, k_end)
+            S = _mask_tile(torch.bmm(Qi, k3[:, ks:ke].mT), offset, qs, ks, G)  # (BH_kv, G*bq, bk)
             m_new = torch.maximum(m, S.amax(-1, keepdim=True))
+            if some_see_none:  # a row with no key keeps m = -inf; exponentiate it against 0, not -inf (NaN)
+                m_new = m_new.masked_fill(m_new.isneginf(), 0.0)
             P = S.sub_(m_new).exp_()  # in place: the tile's scores become its probabilities
             alpha = (m - m_new).exp_()  # rescales what was accumulated under the old max
             l.mul_(alpha).add_(P.sum(-1, keepdim=True))
             acc.mul_(alpha).baddbmm_(P, v3[:, ks:ke])
             m = m_new
-        out[:, qs:qe] = acc.div_(l)
-        lse[:, qs:qe] = m + l.log()
-    return out.reshape(B, H, T_q, d_v).to(q.dtype), lse.reshape(B, H, T_q)
+        if some_see_none:  # the rows that saw no key have l = 0: give them out = 0 and lse = -inf
+            empty = l == 0
+            m, l = m.masked_fill(empty, -math.inf), l.masked_fill(empty, 1.0)
+        out[:, rows] = acc.div_(l)
+        lse[:, rows] = m + l.log()
+    return _from_query_rows(out, B, H, H_kv, T_q), _from_query_rows(lse, B, H, H_kv, T_q)[..., 0]
 
 
 @torch.no_grad()
-def flash_attention_backward(dout, q, k, v, out, lse, is_causal=False, scale=None, block_q=None, block_k=None):
+def flash_attention_forward(q, k, v, is_causal=False, scale=None, block_q=None, block_k=None,
+                            causal_alignment="top_left"):
+    """The tiled forward: (out (B, H, T_q, d_v), lse (B, H, T_q)), no autograd. Arguments as flash_attention.
+
+    lse is the log-sum-exp of each query's scaled scores, log sum_j exp(s_j): all the
+    backward needs to rebuild any probability, p_j = exp(s_j - lse). It is -inf (and out 0)
+    for a query that sees no key (bottom_right with T_q > T_k).
+
+    Taught inline in notebook 03 §3 (`tiled_attention`, one K/V head per query head); the notebook
+    asserts they agree."""
+    scale, block_q, block_k = _check(q, k, v, scale, block_q, block_k, is_causal, causal_alignment)
+    offset = _causal_offset(is_causal, causal_alignment, q.shape[-2], k.shape[-2])
+    out, lse = _forward(q, k, v, scale, block_q, block_k, offset)
+    return out.to(q.dtype), lse
+
+
+@torch.no_grad()
+def flash_attention_backward(dout, q, k, v, out, lse, is_causal=False, scale=None, block_q=None, block_k=None,
+                             causal_alignment="top_left"):
     """Gradients (dq, dk, dv) of flash attention, recomputing each tile's probabilities from lse.
 
     With P = exp(S - lse), dP = dO V^T and D = rowsum(dO * O) (= rowsum(P * dP)):
-    dV = P^T dO,  dS = P * (dP - D),  dQ = scale * dS K,  dK = scale * dS^T Q."""
-    scale, block_q, block_k = _check(q, k, v, scale, block_q, block_k, is_causal)
+    dV = P^T dO,  dS = P * (dP - D),  dQ = scale * dS K,  dK = scale * dS^T Q.
+    With grouped K/V heads, dK and dV of a K/V head sum over the query heads that share it
+    (one product over the group's rows does it). A query that sees no key gets zero gradients.
+
+    Taught inline in notebook 03 §8 (`tiled_attention_backward`, not causal); the notebook asserts
+    they agree."""
+    scale, block_q, block_k = _check(q, k, v, scale, block_q, block_k, is_causal, causal_alignment)
     B, H, T_q, _ = q.shape
-    T_k, d_v = k.shape[-2], v.shape[-1]
+    H_kv, T_k, d_v = k.shape[1], k.shape[-2], v.shape[-1]
     for name, t in (("dout", dout), ("out", out), ("lse", lse)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor (out and lse from flash_attention_forward), "
@@ -179,35 +262,44 @@ def flash_attention_backward(dout, q, k, v, out, lse, is_causal=False, scale=Non
                          f"got {tuple(dout.shape)} and {tuple(out.shape)}")
     if tuple(lse.shape) != (B, H, T_q):
         raise ValueError(f"lse must have shape {(B, H, T_q)} (from flash_attention_forward), got {tuple(lse.shape)}")
+    offset = _causal_offset(is_causal, causal_alignment, T_q, T_k)
+    G = H // H_kv if H_kv else 1
     work = _work_dtype(q.dtype)
-    q3, k3, v3 = _heads(q, work), _heads(k, work), _heads(v, work)
-    o3, do3 = _heads(out, work), _heads(dout, work)
-    lse3 = lse.reshape(B * H, T_q, 1).to(work)
-    D = (do3 * o3).sum(-1, keepdim=True)  # (BH, T_q, 1)
+    q3, k3, v3 = _query_rows(q, H_kv, work), _heads(k, work), _heads(v, work)
+    o3, do3 = _query_rows(out, H_kv, work), _query_rows(dout, H_kv, work)
+    lse3 = _query_rows(lse[..., None], H_kv, work)  # (BH_kv, T_q*G, 1)
+    D = (do3 * o3).sum(-1, keepdim=True)  # (BH_kv, T_q*G, 1)
     dq, dk, dv = torch.zeros_like(q3), torch.zeros_like(k3), torch.zeros_like(v3)
     for qs in range(0, T_q, block_q):
         qe = min(qs + block_q, T_q)
-        Qi, dOi, Li, Di = q3[:, qs:qe], do3[:, qs:qe], lse3[:, qs:qe], D[:, qs:qe]
-        for ks in range(0, _key_end(is_causal, qe, T_k), block_k):
-            ke = min(ks + block_k, _key_end(is_causal, qe, T_k))
+        rows, k_end = slice(qs * G, qe * G), _key_end(offset, qe, T_k)
+        Qi, dOi, Li, Di = q3[:, rows], do3[:, rows], lse3[:, rows], D[:, rows]
+        if offset is not None and qs + offset < 0:  # rows that see no key (lse = -inf): P = exp(S - inf) = 0
+            Li = Li.masked_fill(Li.isneginf(), math.inf)
+        for ks in range(0, k_end, block_k):
+            ke = min(ks + block_k, k_end)
             Kj, Vj = k3[:, ks:ke], v3[:, ks:ke]
-            S = _mask_tile(torch.bmm(Qi, Kj.mT).mul_(scale), is_causal, qs, ks)
+            S = _mask_tile(torch.bmm(Qi, Kj.mT).mul_(scale), offset, qs, ks, G)
             P = S.sub_(Li).exp_()  # the tile's probabilities, recomputed
-            dv[:, ks:ke].baddbmm_(P.mT, dOi)
+            dv[:, ks:ke].baddbmm_(P.mT, dOi)  # the product sums over the group's rows: its heads share V_j
             dS = torch.bmm(dOi, Vj.mT).sub_(Di).mul_(P)  # dP - D, times P
-            dq[:, qs:qe].baddbmm_(dS, Kj, alpha=scale)
+            dq[:, rows].baddbmm_(dS, Kj, alpha=scale)
             dk[:, ks:ke].baddbmm_(dS.mT, Qi, alpha=scale)
-    return tuple(g.reshape(t.shape).to(t.dtype) for g, t in ((dq, q), (dk, k), (dv, v)))
+    return (_from_query_rows(dq, B, H, H_kv, T_q).contiguous().to(q.dtype),
+            dk.reshape(k.shape).to(k.dtype), dv.reshape(v.shape).to(v.dtype))
 
 
 class FlashAttentionFunction(torch.autograd.Function):
-    """Autograd glue: the forward saves q, k, v, out and lse (O(T) memory), not the probabilities."""
+    """Autograd glue: the forward saves q, k, v, out and lse (O(T) memory), not the probabilities.
+
+    apply(q, k, v, *options), options as flash_attention_forward's after v (is_causal, scale,
+    block_q, block_k, causal_alignment), any prefix of them."""
 
     @staticmethod
-    def forward(ctx, q, k, v, is_causal, scale, block_q, block_k):
-        out, lse = flash_attention_forward(q, k, v, is_causal, scale, block_q, block_k)
+    def forward(ctx, q, k, v, *options):
+        out, lse = flash_attention_forward(q, k, v, *options)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.options = (is_causal, scale, block_q, block_k)
+        ctx.options = options
         return out
 
     @staticmethod
@@ -215,19 +307,121 @@ class FlashAttentionFunction(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = flash_attention_backward(dout, q, k, v, out, lse, *ctx.options)
-        return dq, dk, dv, None, None, None, None
+        return (dq, dk, dv) + (None,) * len(ctx.options)
 
 
-def flash_attention(q, k, v, is_causal=False, scale=None, block_q=None, block_k=None):
+def flash_attention(q, k, v, is_causal=False, scale=None, block_q=None, block_k=None, causal_alignment="top_left"):
     """softmax(q k^T * scale) v, tiled, with a recomputing backward; the same numbers as
-    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale).
+    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale,
+    enable_gqa=True) (for the default causal_alignment).
 
-    q (B, H, T_q, d), k (B, H, T_k, d), v (B, H, T_k, d_v); any T_q, T_k (not only multiples
-    of the blocks). is_causal masks keys after their query, top-left aligned like torch.
+    q (B, H, T_q, d), k (B, H_kv, T_k, d), v (B, H_kv, T_k, d_v); any T_q, T_k (not only multiples
+    of the blocks). Grouped K/V heads: H_kv must divide H (H_kv = H: multi-head; 1 < H_kv < H:
+    grouped-query; H_kv = 1: multi-query); query head h uses K/V head h // (H // H_kv), as
+    repeat_interleave would give it, but K and V are never repeated, and their gradients sum over
+    the query heads that share them.
+
+    is_causal masks the keys after each query; causal_alignment says where the diagonal sits when
+    T_q != T_k. For T_q = 2 queries, T_k = 5 keys (1 = may attend):
+
+        "top_left" (default; torch's is_causal)     "bottom_right" (flash-attn >= 2.1; decoding)
+            1 0 0 0 0                                   1 1 1 1 0
+            1 1 0 0 0                                   1 1 1 1 1
+        query i sees keys j <= i                     query i sees keys j <= i + T_k - T_q
+
+    bottom_right treats the queries as the last T_q positions of the keys' sequence: a block of new
+    tokens against a KV cache, where top_left would silently hide the newest keys. For T_q = 5,
+    T_k = 2, bottom_right leaves the first 3 queries no key: their output is zero (lse -inf,
+    gradients zero), as in course_lib.attention and flash-attn. For T_q == T_k the two agree.
+
     scale defaults to 1/sqrt(d); block_q/block_k default to DEFAULT_BLOCK_Q/DEFAULT_BLOCK_K.
-    float16/bfloat16 inputs are computed in float32 and returned in their own dtype."""
-    _check(q, k, v, scale, block_q, block_k, is_causal)  # fail here, with the caller's names, not inside autograd
-    return FlashAttentionFunction.apply(q, k, v, is_causal, scale, block_q, block_k)
+    float16/bfloat16 inputs are computed in float32 and returned in their own dtype.
+
+    The grouped rows are taught inline in notebook 03 §10 (without tiles), and both alignments are
+    shown there; the notebook asserts they agree with SDPA(enable_gqa=True) and an explicit mask."""
+    _check(q, k, v, scale, block_q, block_k, is_causal, causal_alignment)  # fail here, with the caller's names
+    return FlashAttentionFunction.apply(q, k, v, is_causal, scale, block_q, block_k, causal_alignment)
+
+
+# ---- merging softmax states: split-K decoding (FlashDecoding) -----------------------------------
+
+def _check_state(name, out, lse):
+    if not isinstance(out, torch.Tensor) or not isinstance(lse, torch.Tensor):
+        raise ValueError(f"state {name} must be two torch.Tensors (out, lse), as flash_attention_forward returns, "
+                         f"got {type(out).__name__} and {type(lse).__name__}")
+    if not out.is_floating_point() or not lse.is_floating_point():
+        raise ValueError(f"state {name} must hold floating tensors, got {out.dtype} and {lse.dtype}; "
+                         "convert with .float()")
+    if out.dim() < 1 or tuple(lse.shape) != tuple(out.shape[:-1]):
+        raise ValueError(f"state {name}: lse must have out's shape without its last dimension, got out "
+                         f"{tuple(out.shape)} and lse {tuple(lse.shape)}; lse holds one number per query")
+
+
+def merge_attention_states(out_a, lse_a, out_b, lse_b):
+    """Merge two partial attentions of the same queries, over two disjoint sets of keys, into the attention
+    over all of them: exactly, up to rounding.
+
+    A state is (out, lse) as flash_attention_forward returns it: out (..., T_q, d_v) the softmax-weighted
+    average of the part's values, lse (..., T_q) the log-sum-exp of the part's scores. With
+    lse = log(exp(lse_a) + exp(lse_b)):
+
+        out = exp(lse_a - lse) * out_a + exp(lse_b - lse) * out_b        (..., T_q, d_v)
+
+    This is the online softmax's update written for two whole states: in its running form (m, l, acc),
+    m = max(m_a, m_b), l = l_a e^(m_a - m) + l_b e^(m_b - m), acc = acc_a e^(m_a - m) + acc_b e^(m_b - m),
+    with out = acc / l and lse = m + log l. It is associative and commutative, so parts computed
+    anywhere (chunks of a KV cache, devices of a ring) merge in any order or tree. A part that saw no
+    key (out 0, lse -inf) is the identity. Returns (out in out_a's dtype, lse in float32 or wider).
+
+    Taught inline in notebook 03 §11 (`merge`, on (m, l, acc)); the notebook asserts they agree."""
+    _check_state("a", out_a, lse_a)
+    _check_state("b", out_b, lse_b)
+    if out_a.shape != out_b.shape or out_a.device != out_b.device:
+        raise ValueError(f"the two states must describe the same queries: out_a {tuple(out_a.shape)} on "
+                         f"{out_a.device}, out_b {tuple(out_b.shape)} on {out_b.device}; "
+                         "split the keys, not the queries")
+    work = _work_dtype(torch.promote_types(torch.promote_types(out_a.dtype, out_b.dtype),
+                                           torch.promote_types(lse_a.dtype, lse_b.dtype)))
+    lse_a, lse_b = lse_a.to(work), lse_b.to(work)
+    lse = torch.logaddexp(lse_a, lse_b)  # (..., T_q)
+    base = lse.masked_fill(lse.isneginf(), 0.0)  # both parts empty: weights exp(-inf) = 0, not NaN
+    w_a, w_b = (lse_a - base).exp()[..., None], (lse_b - base).exp()[..., None]  # (..., T_q, 1), sum to 1
+    return (w_a * out_a.to(work) + w_b * out_b.to(work)).to(out_a.dtype), lse
+
+
+@torch.no_grad()
+def flash_decoding(q, k, v, num_splits=4, is_causal=False, scale=None, causal_alignment="bottom_right",
+                   return_lse=False):
+    """Split-K attention for decoding (Flash-Decoding, Dao, Haziza, Massa & Sizov 2023), no autograd.
+
+    q (B, H, T_q, d) holds one or a few new queries, k and v (B, H_kv, T_k, d) the KV cache (grouped
+    heads as in flash_attention). A decoding step has too few queries to keep a GPU busy when the
+    work is split over queries, so FlashDecoding splits the keys instead: the cache is cut into at
+    most num_splits chunks of ceil(T_k / num_splits) positions, each chunk's attention is computed on
+    its own (on a GPU by separate thread blocks, in parallel; here one after the other) with the tiled
+    forward, giving one partial state (out, lse) per chunk, and merge_attention_states reduces them.
+
+    is_causal defaults to False: a decoding query sees the whole cache. With is_causal=True
+    (a block of T_q new tokens, each seeing the cache and the new tokens before it) the default
+    alignment here is "bottom_right", decoding's convention (see flash_attention); "top_left" is
+    accepted for symmetry. Returns out (B, H, T_q, d_v) in q's dtype, and lse (B, H, T_q) if return_lse.
+
+    Taught inline in notebook 03 §11 (`split_k_decode`); the notebook asserts they agree."""
+    scale, block_q, block_k = _check(q, k, v, scale, None, None, is_causal, causal_alignment)
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
+        raise ValueError(f"num_splits must be a positive integer (how many chunks the KV cache is cut into), "
+                         f"got {num_splits!r}")
+    T_k = k.shape[-2]
+    offset = _causal_offset(is_causal, causal_alignment, q.shape[-2], T_k)
+    chunk = -(-T_k // num_splits)
+    parts = [_forward(q, k[:, :, s:s + chunk], v[:, :, s:s + chunk], scale, block_q, block_k,
+                      None if offset is None else offset - s)  # the chunk's own diagonal: key s is its key 0
+             for s in range(0, T_k, chunk)]  # independent of each other: any order, any worker
+    out, lse = parts[0]
+    for part in parts[1:]:
+        out, lse = merge_attention_states(out, lse, *part)
+    out = out.to(q.dtype)
+    return (out, lse) if return_lse else out
 
 
 # ---- a two-level memory: how many elements move between HBM and SRAM --------------------------

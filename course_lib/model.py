@@ -3,7 +3,9 @@
     tokens -> token + position embeddings -> n_layer x [x + attn(ln(x)); x + mlp(ln(x))] -> ln -> logits
 
 Attention is `course_lib.attention.MultiHeadAttention` (grouped K/V heads when
-n_kv_heads < n_head). The model works with `generate()`, `save_pretrained()` /
+n_kv_heads < n_head). Positions are a learned table added to the token embeddings (GPT-2's
+`wpe`, the default), or with position_embedding="rope" rotary embeddings applied to q and k in
+every layer (Llama's way; no `wpe` table). The model works with `generate()`, `save_pretrained()` /
 `from_pretrained()` (safetensors) and `AutoModelForCausalLM` (registered on import).
 `generate_tokens` is the course's own short decoding loop (greedy or sampled, KV cache or not).
 """
@@ -51,8 +53,11 @@ def _token_id_list(value):
     return None
 
 
+POSITION_EMBEDDINGS = ("learned", "rope")
+
+
 def _check_config(vocab_size, n_positions, n_embd, n_layer, n_head, n_kv_heads, n_inner, dropout,
-                  layer_norm_epsilon, initializer_range, token_ids):
+                  layer_norm_epsilon, initializer_range, token_ids, position_embedding="learned", rope_theta=10000.0):
     for name, value in (("vocab_size", vocab_size), ("n_positions", n_positions), ("n_embd", n_embd),
                         ("n_layer", n_layer), ("n_head", n_head), ("n_kv_heads", n_kv_heads), ("n_inner", n_inner)):
         if not _is_int(value) or value < 1:
@@ -70,6 +75,16 @@ def _check_config(vocab_size, n_positions, n_embd, n_layer, n_head, n_kv_heads, 
     if not _is_real(initializer_range) or initializer_range < 0:
         raise ValueError(f"initializer_range must be a non-negative number (the init std, e.g. 0.02), "
                          f"got {initializer_range!r}")
+    if position_embedding not in POSITION_EMBEDDINGS:
+        raise ValueError(f"position_embedding must be 'learned' (a trained table added to the embeddings, as GPT-2) "
+                         f"or 'rope' (q and k rotated by their positions, as Llama), got {position_embedding!r}")
+    if not _is_real(rope_theta) or rope_theta <= 1:
+        raise ValueError(f"rope_theta must be a finite number > 1 (RoPE's base; 10000.0 in RoFormer and Llama 2), "
+                         f"got {rope_theta!r}")
+    if position_embedding == "rope" and (n_embd // n_head) % 2:
+        even = [str(h) for h in range(1, n_embd + 1) if n_embd % h == 0 and (n_embd // h) % 2 == 0]
+        raise ValueError(f"RoPE rotates pairs of dimensions, so the head dimension n_embd // n_head must be even, "
+                         f"got {n_embd} // {n_head} = {n_embd // n_head}: choose n_head among {', '.join(even)}")
     for name, value in token_ids.items():
         if value is None:
             continue
@@ -80,7 +95,10 @@ def _check_config(vocab_size, n_positions, n_embd, n_layer, n_head, n_kv_heads, 
 
 
 class GPTConfig(PretrainedConfig):
-    """Field names follow GPT-2's config; n_kv_heads (default n_head) selects MHA / GQA / MQA."""
+    """Field names follow GPT-2's config; n_kv_heads (default n_head) selects MHA / GQA / MQA.
+
+    position_embedding: "learned" (default: a wpe table, as GPT-2) or "rope" (rotary embeddings
+    of base rope_theta on q and k, as Llama; no wpe table). rope_theta is ignored with "learned"."""
 
     model_type = "course_gpt"
     attribute_map = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions",
@@ -89,16 +107,19 @@ class GPTConfig(PretrainedConfig):
 
     def __init__(self, vocab_size=256, n_positions=64, n_embd=128, n_layer=4, n_head=4, n_kv_heads=None,
                  n_inner=None, dropout=0.0, layer_norm_epsilon=1e-5, initializer_range=0.02,
-                 bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=True, **kwargs):
+                 bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=True,
+                 position_embedding="learned", rope_theta=10000.0, **kwargs):
         n_kv_heads = n_head if n_kv_heads is None else n_kv_heads
         n_inner = 4 * n_embd if n_inner is None and _is_int(n_embd) else n_inner
         _check_config(vocab_size, n_positions, n_embd, n_layer, n_head, n_kv_heads, n_inner, dropout,
                       layer_norm_epsilon, initializer_range,
-                      {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id})
+                      {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id},
+                      position_embedding, rope_theta)
         self.vocab_size, self.n_positions, self.n_embd = vocab_size, n_positions, n_embd
         self.n_layer, self.n_head = n_layer, n_head
         self.n_kv_heads, self.n_inner = n_kv_heads, n_inner
         self.dropout, self.layer_norm_epsilon, self.initializer_range = dropout, layer_norm_epsilon, initializer_range
+        self.position_embedding, self.rope_theta = position_embedding, float(rope_theta)
         super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
 
@@ -109,13 +130,16 @@ class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
-        self.attn = MultiHeadAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_heads, dropout=cfg.dropout)
+        rope_theta = cfg.rope_theta if cfg.position_embedding == "rope" else None
+        self.attn = MultiHeadAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_heads, dropout=cfg.dropout,
+                                       rope_theta=rope_theta)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, cfg.n_inner), nn.GELU(), nn.Linear(cfg.n_inner, cfg.n_embd),
                                  nn.Dropout(cfg.dropout))
 
-    def forward(self, x, mask, cache=None, layer=0, return_weights=False):
-        a, w = self.attn(self.ln_1(x), attn_mask=mask, cache=cache, layer=layer, return_weights=True)
+    def forward(self, x, mask, cache=None, layer=0, return_weights=False, position_ids=None):
+        a, w = self.attn(self.ln_1(x), attn_mask=mask, cache=cache, layer=layer, return_weights=True,
+                         position_ids=position_ids)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, (w if return_weights else None)
@@ -134,7 +158,10 @@ class GPT(PreTrainedModel, GenerationMixin):
                              "load a saved model with GPT.from_pretrained(folder)")
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned positions
+        if config.position_embedding == "learned":
+            self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned positions
+        else:  # RoPE: positions enter as rotations of q and k inside every attention layer
+            self.wpe = None
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
@@ -195,10 +222,15 @@ class GPT(PreTrainedModel, GenerationMixin):
                                  f"got {tuple(attention_mask.shape)}")
             mask = mask & attention_mask.bool()[:, None, None, :]  # (B, 1, T, T_k)
 
-        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, n_embd)
+        rope = self.wpe is None
+        if rope:  # positions are rotations of q and k in each layer, before the cache stores k
+            x = self.drop(self.wte(input_ids))  # (B, T, n_embd)
+        else:
+            x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, n_embd)
         attentions, hidden = [], [x]
         for i, block in enumerate(self.h):
-            x, w = block(x, mask, cache=cache, layer=i, return_weights=output_attentions)
+            x, w = block(x, mask, cache=cache, layer=i, return_weights=output_attentions,
+                         position_ids=position_ids if rope else None)
             attentions.append(w)
             hidden.append(x)
         x = self.ln_f(x)
@@ -244,7 +276,8 @@ def generate_tokens(model, input_ids, max_new_tokens, use_cache=True, temperatur
     (the model's own cache object, so any transformers causal LM works); without it each step
     re-runs the whole sequence. Left padding is fine: pass attention_mask (1 = real token).
     eos_token_id may be one id or a list of stop ids; a finished sequence is padded with the
-    first. Returns (B, T + new) token ids."""
+    first. Returns (B, T + new) token ids.
+    Taught inline in notebook 02 §2 (The KV cache, and the bytes it holds); the notebook asserts they agree in §4."""
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     if not _is_real(temperature) or temperature < 0:

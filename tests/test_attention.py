@@ -4,7 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
+from course_lib.attention import (MultiHeadAttention, causal_mask, convert_mha_to_gqa, padding_mask,
+                                  scaled_dot_product_attention)
+from course_lib.kv_cache import KVCache
+from course_lib.positions import apply_rope
 
 SHAPES = [  # (batch dims, T_q, T_k, d, d_v)
     ((), 5, 5, 8, 8),
@@ -218,3 +221,89 @@ def test_mha_bad_dropout(dropout):
 def test_masks_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---------------------------------------------------------------- RoPE inside the attention layer
+def _rope_reference(mha, x, positions):
+    """The layer written out: project, rotate q and k (course_lib.positions), group heads, causal SDPA, W_o."""
+    B, T, _ = x.shape
+    H, Hkv, dh = mha.n_heads, mha.n_kv_heads, mha.d_head
+    q, k, v = mha.qkv(x).split([H * dh, Hkv * dh, Hkv * dh], dim=-1)
+    q = q.view(B, T, H, dh).transpose(1, 2)
+    k = k.view(B, T, Hkv, dh).transpose(1, 2).repeat_interleave(H // Hkv, dim=1)
+    v = v.view(B, T, Hkv, dh).transpose(1, 2).repeat_interleave(H // Hkv, dim=1)
+    q, k = apply_rope(q, k, positions, mha.rope_theta)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return mha.out(y.transpose(1, 2).reshape(B, T, -1))
+
+
+@pytest.mark.parametrize("n_kv", [4, 2, 1])
+def test_rope_attention_equals_rotate_then_sdpa(n_kv):
+    torch.manual_seed(n_kv)
+    mha = MultiHeadAttention(32, 4, n_kv, rope_theta=10000.0).eval()
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mha(x, is_causal=True), _rope_reference(mha, x, torch.arange(7)))
+        pos = torch.tensor([[0, 0, 0, 1, 2, 3, 4], [3, 4, 5, 6, 7, 8, 9]])  # per sequence
+        torch.testing.assert_close(mha(x, is_causal=True, position_ids=pos), _rope_reference(mha, x, pos))
+
+
+def test_rope_changes_the_output_and_none_is_plain_attention():
+    torch.manual_seed(0)
+    plain, rope = MultiHeadAttention(32, 4).eval(), MultiHeadAttention(32, 4, rope_theta=10000.0).eval()
+    rope.load_state_dict(plain.state_dict())  # RoPE adds no parameters
+    assert plain.rope_theta is None and set(plain.state_dict()) == set(rope.state_dict())
+    x = torch.randn(1, 6, 32)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x, is_causal=True), rope(x, is_causal=True), atol=1e-4)
+        # position 0 rotates by nothing: the first token's output is the same with and without RoPE
+        torch.testing.assert_close(plain(x[:, :1]), rope(x[:, :1]))
+
+
+@pytest.mark.parametrize("n_kv", [4, 1])
+def test_rope_cache_holds_rotated_keys_and_decoding_equals_the_full_pass(n_kv):
+    torch.manual_seed(1)
+    mha = MultiHeadAttention(32, 4, n_kv, rope_theta=10000.0).eval()
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        full = mha(x, is_causal=True)
+        cache = KVCache(1)
+        steps = [mha(x[:, :5], is_causal=True, cache=cache)]  # prefill 5 tokens
+        steps += [mha(x[:, t:t + 1], is_causal=True, cache=cache) for t in range(5, 9)]  # then one at a time
+        torch.testing.assert_close(torch.cat(steps, dim=1), full)
+        # the cache stores k *after* rotation: the keys at positions 0..8
+        _, k_raw, _ = mha.qkv(x).split([32, n_kv * 8, n_kv * 8], dim=-1)
+        k_raw = k_raw.view(2, 9, n_kv, 8).transpose(1, 2)
+        _, k_rot = apply_rope(k_raw, k_raw, torch.arange(9))
+        torch.testing.assert_close(cache.keys[0], k_rot)
+        assert not torch.allclose(cache.keys[0], k_raw)
+
+
+def test_rope_survives_conversion_to_gqa():
+    torch.manual_seed(2)
+    mha = MultiHeadAttention(32, 4, rope_theta=500000.0).eval()
+    gqa = convert_mha_to_gqa(mha, 2)
+    assert gqa.rope_theta == 500000.0
+    same = convert_mha_to_gqa(mha, 4)  # pooling groups of one head changes nothing
+    x = torch.randn(1, 5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x, is_causal=True), mha(x, is_causal=True))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(d_model=12, n_heads=4, rope_theta=10000.0), "head dimension d_model // n_heads must be even, got 12 // 4 = 3; "
+                                                      "choose n_heads among \\[1, 2, 3, 6\\]"),
+    (dict(d_model=16, n_heads=2, rope_theta=1.0), "rope_theta must be None \\(no RoPE\\) or a finite base > 1"),
+    (dict(d_model=16, n_heads=2, rope_theta=True), "rope_theta must be None"),
+    (dict(d_model=16, n_heads=2, rope_theta="10000"), "rope_theta must be None"),
+])
+def test_rope_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MultiHeadAttention(**kwargs)
+
+
+def test_position_ids_without_rope_name_the_fix():
+    with pytest.raises(ValueError, match="position_ids are used by RoPE only.*rope_theta=10000.0"):
+        MultiHeadAttention(16, 2)(torch.randn(1, 3, 16), position_ids=torch.arange(3))
+    with pytest.raises(ValueError, match="positions must be >= 0"):
+        MultiHeadAttention(16, 2, rope_theta=10000.0)(torch.randn(1, 3, 16), position_ids=torch.tensor([-1, 0, 1]))

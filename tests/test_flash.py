@@ -3,15 +3,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from course_lib.attention import scaled_dot_product_attention as naive_attention
 from course_lib.flash import (
+    FlashAttentionFunction,
     TwoLevelMemory,
     flash_attention,
     flash_attention_backward,
     flash_attention_forward,
     flash_attention_io,
     flash_block_sizes,
+    flash_decoding,
+    merge_attention_states,
     online_softmax,
     standard_attention_io,
 )
@@ -121,7 +125,10 @@ def test_clear_errors():
         (dict(q=q.int()), "floating"),
         (dict(k=k[..., :4]), "same last dimension"),
         (dict(v=v[:, :, :3]), "same number of positions"),
-        (dict(k=k[:, :1], v=v[:, :1]), "same \\(batch, heads\\)"),
+        (dict(k=k.repeat(1, 2, 1, 1)[:, :3], v=v.repeat(1, 2, 1, 1)[:, :3]), "multiple of the number of K/V heads"),
+        (dict(k=k.expand(2, 2, 5, 8), v=v.expand(2, 2, 5, 8)), "same batch size"),
+        (dict(v=v[:, :1]), "same number of K/V heads"),
+        (dict(causal_alignment="bottom-right"), "causal_alignment must be 'top_left'"),
         (dict(q=q[:, :, :0]), "at least one query"),
         (dict(block_q=0), "block_q must be a positive integer"),
         (dict(block_k=-3), "block_k must be a positive integer"),
@@ -237,3 +244,230 @@ def test_io_simulation_bad_arguments(call, match):
     q = torch.randn(16, 8)
     with pytest.raises(ValueError, match=match):
         call(q)
+
+
+
+# ---- grouped K/V heads and the causal alignment --------------------------------------------------
+
+def _allowed(T_q, T_k, causal, alignment):
+    """The explicit boolean mask (T_q, T_k), True = may attend."""
+    if not causal:
+        return torch.ones(T_q, T_k, dtype=torch.bool)
+    offset = T_k - T_q if alignment == "bottom_right" else 0
+    return torch.arange(T_k)[None, :] <= torch.arange(T_q)[:, None] + offset
+
+
+def _reference(q, k, v, causal=False, alignment="top_left", scale=None):
+    """Plain attention: K/V heads repeated, an explicit boolean mask through a naive softmax; a row that may
+    attend to no key gives zeros (with zero gradients)."""
+    G = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
+    allowed = _allowed(q.shape[-2], k.shape[-2], causal, alignment)
+    none = ~allowed.any(-1, keepdim=True)  # (T_q, 1)
+    S = q @ k.mT * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    S = S.masked_fill(~allowed, -math.inf).masked_fill(none, 0.0)
+    return torch.softmax(S, dim=-1).masked_fill(none, 0.0) @ v
+
+
+def _grouped(B, H, H_kv, T_q, T_k, d, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, H, T_q, d, generator=g).to(dtype), torch.randn(B, H_kv, T_k, d, generator=g).to(dtype),
+            torch.randn(B, H_kv, T_k, d, generator=g).to(dtype))
+
+
+# (T_q, T_k, block_q, block_k, H, H_kv): odd lengths, T_q < T_k and T_q > T_k, blocks that do not divide them,
+# multi-head, grouped-query and multi-query heads
+GRID_SHAPES = [(1, 19, 4, 8, 4, 1), (5, 23, 2, 7, 4, 2), (21, 6, 8, 4, 6, 3), (13, 13, 5, 6, 2, 2)]
+# max |ours - ref| / max(max |ref|, 1) for the output and each gradient, against a float64 reference on the same
+# inputs (the floor of 1: a gradient that is 0 exactly, as dq of a query that sees one key, is matched absolutely)
+GRID_TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _relative_error(ours, ref):
+    return ((ours.double() - ref).abs().max() / ref.abs().max().clamp_min(1.0)).item()
+
+
+@pytest.mark.parametrize("alignment", [None, "top_left", "bottom_right"])  # None: not causal
+@pytest.mark.parametrize("d", [32, 64, 128, 256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_grid_forward_and_backward_against_an_explicit_mask(dtype, d, alignment):
+    causal = alignment is not None
+    for i, (T_q, T_k, bq, bk, H, H_kv) in enumerate(GRID_SHAPES):
+        q, k, v = _grouped(1, H, H_kv, T_q, T_k, d, dtype, seed=d + i)
+        dout = torch.randn(1, H, T_q, d, generator=torch.Generator().manual_seed(i)).to(dtype)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = flash_attention(*leaves, is_causal=causal, block_q=bq, block_k=bk,
+                              causal_alignment=alignment or "top_left")
+        out.backward(dout)
+        ref_leaves = [t.double().requires_grad_() for t in (q, k, v)]
+        ref = _reference(*ref_leaves, causal=causal, alignment=alignment)
+        ref.backward(dout.double())
+        assert out.dtype == dtype and all(t.grad.dtype == dtype for t in leaves)
+        for name, ours, theirs in zip(("out", "dq", "dk", "dv"), [out] + [t.grad for t in leaves],
+                                      [ref] + [t.grad for t in ref_leaves]):
+            assert ours.shape == theirs.shape
+            err = _relative_error(ours, theirs)
+            assert err < GRID_TOLERANCE[dtype], (name, T_q, T_k, H, H_kv, err)
+
+
+@pytest.mark.parametrize("H,H_kv", [(4, 1), (6, 2), (3, 3)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_grouped_heads_match_sdpa_enable_gqa(H, H_kv, causal):
+    q, k, v = _grouped(2, H, H_kv, 11, 17, 8, seed=H)
+    dout = torch.randn(2, H, 11, 8, dtype=torch.float64)
+    grads = []
+    for f in (lambda *a: flash_attention(*a, is_causal=causal, block_q=4, block_k=5),
+              lambda *a: F.scaled_dot_product_attention(*a, is_causal=causal, enable_gqa=True)):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = f(*leaves)
+        out.backward(dout)
+        grads.append([out] + [t.grad for t in leaves])
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+
+
+def test_grouped_heads_do_not_materialise_repeated_kv():
+    q, k, v = _grouped(1, 8, 1, 1, 4096, 64, dtype=torch.float32)  # MQA, one query: decoding
+    peak = peak_memory(flash_attention_forward, q, k, v)[1]
+    repeated = 2 * k.numel() * 8 * 4  # K and V repeated for 8 query heads, float32
+    assert peak < k.numel() * 4 / 4, (peak, repeated)  # a quarter of K alone: nothing K-sized is allocated
+
+
+def test_bottom_right_matches_torch_causal_lower_right_and_differs_from_top_left():
+    q, k, v = _qkv(1, 2, 3, 9, 8, 8)
+    ours = flash_attention(q, k, v, is_causal=True, block_q=2, block_k=4, causal_alignment="bottom_right")
+    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(3, 9)),
+                               atol=1e-12, rtol=0)
+    top_left = flash_attention(q, k, v, is_causal=True, block_q=2, block_k=4)
+    torch.testing.assert_close(top_left, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-12, rtol=0)
+    assert (ours - top_left).abs().max() > 0.1, "top-left hides the newest keys from the new queries"
+    square = _qkv(1, 2, 6, 6, 8, 8)
+    torch.testing.assert_close(flash_attention(*square, is_causal=True, causal_alignment="bottom_right"),
+                               flash_attention(*square, is_causal=True), atol=0, rtol=0)
+
+
+def test_queries_that_see_no_key_give_zeros_and_finite_gradients():
+    q, k, v = _grouped(1, 4, 2, 7, 3, 5, seed=2)  # bottom-right, T_q - T_k = 4 queries see nothing
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attention(*leaves, is_causal=True, block_q=3, block_k=2, causal_alignment="bottom_right")
+    out.backward(torch.ones_like(out))
+    assert (out[:, :, :4] == 0).all() and (out[:, :, 4:] != 0).all()
+    assert all(torch.isfinite(t.grad).all() for t in leaves) and (leaves[0].grad[:, :, :4] == 0).all()
+    _, lse = flash_attention_forward(q, k, v, is_causal=True, block_q=3, block_k=2, causal_alignment="bottom_right")
+    assert torch.isneginf(lse[:, :, :4]).all() and torch.isfinite(lse[:, :, 4:]).all()
+    torch.testing.assert_close(out, _reference(q, k, v, True, "bottom_right"), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("T_q,T_k,H,H_kv,alignment", [(4, 7, 4, 2, "bottom_right"), (6, 3, 2, 1, "bottom_right"),
+                                                       (5, 5, 3, 1, "top_left"), (3, 6, 4, 1, "top_left")])
+def test_gradcheck_grouped_heads_and_alignments(T_q, T_k, H, H_kv, alignment):
+    q, k, v = (t.requires_grad_() for t in _grouped(1, H, H_kv, T_q, T_k, 3, seed=7))
+    assert torch.autograd.gradcheck(lambda a, b, c: flash_attention(
+        a, b, c, is_causal=True, block_q=2, block_k=2, causal_alignment=alignment), (q, k, v))
+
+
+def test_the_autograd_function_keeps_its_older_positional_call():
+    q, k, v = (t.requires_grad_() for t in _qkv(1, 2, 5, 6, 4, 4))
+    FlashAttentionFunction.apply(q, k, v, True, None, 2, 4).sum().backward()  # no causal_alignment: top-left
+    ref = [t.clone().detach().requires_grad_() for t in (q, k, v)]
+    naive_attention(*ref, is_causal=True).sum().backward()
+    for ours, theirs in zip((q, k, v), ref):
+        torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-12, rtol=0)
+
+
+# ---- merging softmax states, FlashDecoding ---------------------------------------------------------
+
+def _state(q, k, v):
+    """(out, lse) of plain attention of q over the keys k: one partial state."""
+    S = q @ k.mT / math.sqrt(q.shape[-1])
+    return torch.softmax(S, dim=-1) @ v, S.logsumexp(-1)
+
+
+def _random_cuts(T, n, g):
+    return [0] + sorted(torch.randperm(T - 1, generator=g)[:n - 1].add(1).tolist()) + [T]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_merging_states_over_random_splits_equals_the_full_softmax(seed):
+    g = torch.Generator().manual_seed(seed)
+    T = int(torch.randint(2, 60, (), generator=g))
+    q, k, v = _qkv(2, 3, 4, T, 8, 5, seed=seed)
+    k, v = k * 3, v  # larger scores: parts with very different maxima
+    cuts = _random_cuts(T, int(torch.randint(2, min(T, 6) + 1, (), generator=g)), g)
+    parts = [_state(q, k[..., a:b, :], v[..., a:b, :]) for a, b in zip(cuts, cuts[1:])]
+    out, lse = parts[0]
+    for part in parts[1:]:
+        out, lse = merge_attention_states(out, lse, *part)
+    full_out, full_lse = _state(q, k, v)
+    torch.testing.assert_close(out, full_out, atol=1e-13, rtol=0)
+    torch.testing.assert_close(lse, full_lse, atol=1e-13, rtol=0)
+    # associative and commutative: any tree, any order
+    a, b, c = _state(q, k[..., :1, :], v[..., :1, :]), _state(q, k[..., 1:2, :], v[..., 1:2, :]), \
+        _state(q, k[..., 2:, :], v[..., 2:, :]) if T > 2 else _state(q, k, v)
+    left = merge_attention_states(*merge_attention_states(*a, *b), *c)
+    right = merge_attention_states(*a, *merge_attention_states(*b, *c))
+    swapped = merge_attention_states(*c, *merge_attention_states(*b, *a))
+    for x, y, z in zip(left, right, swapped):
+        torch.testing.assert_close(x, y, atol=1e-13, rtol=0)
+        torch.testing.assert_close(x, z, atol=1e-13, rtol=0)
+
+
+def test_merging_with_an_empty_state_is_the_identity():
+    q, k, v = _qkv(1, 2, 3, 5, 4, 4)
+    out, lse = _state(q, k, v)
+    empty = (torch.zeros_like(out), torch.full_like(lse, -math.inf))
+    for merged in (merge_attention_states(out, lse, *empty), merge_attention_states(*empty, out, lse)):
+        torch.testing.assert_close(merged[0], out, atol=0, rtol=0)
+        torch.testing.assert_close(merged[1], lse, atol=0, rtol=0)
+    both = merge_attention_states(*empty, *empty)
+    assert (both[0] == 0).all() and torch.isneginf(both[1]).all()
+    half = merge_attention_states(out.half(), lse.float(), out.half(), lse.float())
+    assert half[0].dtype == torch.float16 and half[1].dtype == torch.float32
+
+
+@pytest.mark.parametrize("num_splits", [1, 3, 7, 500])
+@pytest.mark.parametrize("H,H_kv", [(8, 2), (4, 1), (2, 2)])
+def test_flash_decoding_matches_sdpa(num_splits, H, H_kv):
+    q, k, v = _grouped(2, H, H_kv, 1, 101, 16, seed=num_splits)  # one new query against a cache of 101
+    out, lse = flash_decoding(q, k, v, num_splits=num_splits, return_lse=True)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True), atol=1e-12, rtol=0)
+    S = q @ k.repeat_interleave(H // H_kv, 1).mT / 4
+    torch.testing.assert_close(lse, S.logsumexp(-1), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("T_q,T_k", [(4, 37), (9, 5)])
+def test_flash_decoding_bottom_right_for_a_block_of_new_tokens(T_q, T_k):
+    q, k, v = _grouped(1, 6, 3, T_q, T_k, 8, seed=T_q)
+    ours = flash_decoding(q, k, v, num_splits=4, is_causal=True)
+    torch.testing.assert_close(ours, _reference(q, k, v, True, "bottom_right"), atol=1e-12, rtol=0)
+    torch.testing.assert_close(ours, flash_attention(q, k, v, is_causal=True, causal_alignment="bottom_right"),
+                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(flash_decoding(q, k, v, num_splits=3, is_causal=True, causal_alignment="top_left"),
+                               _reference(q, k, v, True, "top_left"), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)],
+                         ids=str)
+def test_flash_decoding_half_precision(dtype, tol):
+    q, k, v = _grouped(1, 8, 2, 1, 300, 64, dtype=dtype, seed=4)
+    out = flash_decoding(q, k, v, num_splits=5)
+    assert out.dtype == dtype
+    assert _relative_error(out, _reference(q.double(), k.double(), v.double())) < tol
+
+
+def test_merge_and_decoding_errors():
+    q, k, v = _qkv(1, 2, 1, 9, 4, 4)
+    out, lse = _state(q, k, v)
+    for args, match in [((out, lse, out.tolist(), lse), "must be two torch.Tensors"),
+                        ((out, lse[..., :0], out, lse), "lse must have out's shape without its last dimension"),
+                        ((out, lse, out.long(), lse), "floating"),
+                        ((out, lse, out[:, :1], lse[:, :1]), "same queries")]:
+        with pytest.raises(ValueError, match=match):
+            merge_attention_states(*args)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="num_splits must be a positive integer"):
+            flash_decoding(q, k, v, num_splits=bad)
+    with pytest.raises(ValueError, match="multiple of the number of K/V heads"):
+        flash_decoding(q, k.repeat(1, 2, 1, 1)[:, :3], v.repeat(1, 2, 1, 1)[:, :3])
+    with pytest.raises(ValueError, match="causal_alignment must be"):
+        flash_decoding(q, k, v, causal_alignment="right")

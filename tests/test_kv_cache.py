@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.attention import MultiHeadAttention, causal_mask, convert_mha_to_gqa
-from course_lib.kv_cache import PUBLISHED_CONFIGS, KVCache, bytes_per_element, human_bytes, kv_cache_bytes
+from course_lib.kv_cache import (MLA_CONFIGS, PUBLISHED_CONFIGS, KVCache, RollingKVCache, bytes_per_element,
+                                 dequantize_kv, human_bytes, kv_cache_bytes, mla_cache_bytes, quantize_kv)
 from course_lib.model import GPT, GPTConfig, generate_tokens
 
 VARIANTS = [(8, 8), (8, 4), (8, 2), (8, 1), (4, 4), (4, 1), (1, 1)]  # (n_heads, n_kv_heads): MHA, GQA, MQA
@@ -284,3 +285,161 @@ def test_conversion_bad_arguments(args, match):
 def test_causal_mask_offset_matches_cached_queries():
     # the last T of T_k positions may see everything up to themselves
     assert torch.equal(causal_mask(3, 5, offset=2), torch.ones(5, 5, dtype=torch.bool).tril()[2:])
+
+
+
+# --- sliding window (Jiang et al. 2023), MLA (DeepSeek-AI 2024), quantisation ---
+
+def test_kv_cache_bytes_with_a_window_stops_growing_at_the_window():
+    assert kv_cache_bytes(2, 3, 4, 10, window=16) == kv_cache_bytes(2, 3, 4, 10)  # shorter than the window
+    assert kv_cache_bytes(2, 3, 4, 100, window=16) == 2 * 2 * 3 * 4 * 16 * 2 == kv_cache_bytes(2, 3, 4, 16)
+    m = PUBLISHED_CONFIGS["Mistral-7B"]
+    assert m["window"] == 4096
+    full = kv_cache_bytes(m["n_layers"], m["n_kv_heads"], m["d_head"], 32768)
+    rolling = kv_cache_bytes(m["n_layers"], m["n_kv_heads"], m["d_head"], 32768, window=m["window"])
+    assert rolling == 2 * 32 * 8 * 128 * 4096 * 2 == 512 * 2**20 and full == 8 * rolling  # the paper's 8x at 32k
+
+
+def test_kv_cache_bytes_quantised_with_scales_by_hand():
+    # int8: 1 byte per element; one fp16 scale per 64 elements adds 2/64 bytes per element
+    assert kv_cache_bytes(1, 1, 64, 1, dtype="int8", scale_group=64) == 2 * 64 + 2 * 2
+    assert kv_cache_bytes(32, 8, 128, 4096, dtype="fp8", scale_group=128) == 2 * 32 * 8 * 128 * 4096 * (1 + 2 / 128)
+    assert kv_cache_bytes(2, 2, 8, 5, dtype="int8", scale_group=4, scale_dtype=torch.float32) == 320 + 80 * 4
+    assert kv_cache_bytes(2, 2, 8, 5, dtype="int4", scale_group=8) == 160 + 40 * 2  # 0.5 bytes + 2 per 8
+    assert kv_cache_bytes(3, 2, 8, 7, dtype=torch.float8_e4m3fn) == kv_cache_bytes(3, 2, 8, 7, dtype="int8")
+    assert kv_cache_bytes(2, 2, 8, 50, dtype="int8", scale_group=8, window=10) == \
+        kv_cache_bytes(2, 2, 8, 10, dtype="int8", scale_group=8)
+
+
+@pytest.mark.parametrize("dtype,group", [("int8", None), ("int8", 4), ("fp8", 8), ("fp8", 2)])
+def test_quantised_cache_tensors_hold_the_formulas_bytes(dtype, group):
+    model = _tiny_gpt(2, seed=13)
+    cache = KVCache(model.config.n_layer)
+    ids = torch.randint(0, 20, (3, 9), generator=torch.Generator().manual_seed(14))
+    with torch.no_grad():
+        model(ids, cache=cache, use_cache=True)
+    held = 0
+    for t in cache.keys + cache.values:
+        codes, scales = quantize_kv(t, dtype, group)
+        assert codes.element_size() == 1 and codes.shape == t.shape and scales.dtype == torch.float16
+        held += codes.nbytes + scales.nbytes
+        back = dequantize_kv(codes, scales)
+        err = ((back - t).abs() / t.abs().amax(-1, keepdim=True)).max().item()
+        assert err < (0.5 / 127 + 1e-3 if dtype == "int8" else 0.07)  # half a step / fp8 e4m3's 3 mantissa bits
+    assert held == kv_cache_bytes(2, 2, 8, 9, batch=3, dtype=dtype, scale_group=group or 8)
+    assert held <= cache.nbytes() / 2  # fp32 (4 bytes) -> 1 byte + at most 1 byte of scales (group 2)
+
+
+def test_quantize_keeps_zeros_and_signs():
+    t = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -2.0, 0.5, 4.0]])
+    codes, scales = quantize_kv(t, "int8", 2)
+    assert scales[0].tolist() == [0.0, 0.0] and codes[0].tolist() == [0, 0, 0, 0]
+    assert codes[1].tolist() == [64, -127, 16, 127]
+    torch.testing.assert_close(dequantize_kv(codes, scales), t, atol=0.02, rtol=0.01)
+
+
+def test_mla_cache_bytes_by_hand_and_deepseek_v2():
+    assert mla_cache_bytes(1, 1, 0, 1, dtype=torch.float32) == 4
+    assert mla_cache_bytes(2, 3, 5, 7, batch=11, dtype="bfloat16") == 2 * (3 + 5) * 7 * 11 * 2
+    c = MLA_CONFIGS["DeepSeek-V2"]
+    per_token = mla_cache_bytes(c["n_layers"], c["d_latent"], c["d_rope"], 1)
+    assert per_token == 60 * (512 + 64) * 2 == 69_120
+    # the paper: (d_c + d_h^R) l = 4.5 d_h l elements, the cache of GQA with 2.25 groups
+    assert c["d_latent"] + c["d_rope"] == 4.5 * c["d_head"] == 2 * 2.25 * c["d_head"]
+    as_mha = kv_cache_bytes(c["n_layers"], c["n_heads"], c["d_head"], 1)
+    assert as_mha == 2 * 60 * 128 * 128 * 2 and as_mha / per_token == pytest.approx(56.9, abs=0.05)
+
+
+def test_a_latent_cache_is_enough_to_decode():
+    """MLA in miniature (no RoPE part): cache only c = x W_DKV (d_c per token); every head's keys and values
+    are re-made from it by up-projections. Decoding from the latent cache equals attention over the full
+    keys and values, and the latent cache holds mla_cache_bytes."""
+    torch.manual_seed(15)
+    B, T, d, H, dh, d_c = 2, 6, 16, 4, 4, 3
+    W_dkv, W_q = torch.randn(d, d_c), torch.randn(d, H * dh)  # down-projection to the latent; queries
+    W_uk, W_uv = torch.randn(d_c, H * dh), torch.randn(d_c, H * dh)  # up-projections: latent -> keys, values
+    x = torch.randn(B, T, d)
+    heads = lambda t: t.view(B, -1, H, dh).transpose(1, 2)  # noqa: E731
+    c = x @ W_dkv  # (B, T, d_c)
+    ref = F.scaled_dot_product_attention(heads(x @ W_q), heads(c @ W_uk), heads(c @ W_uv), is_causal=True)
+    latent, outs = [], []
+    for t in range(T):
+        latent.append(x[:, t:t + 1] @ W_dkv)  # the only thing cached: (B, 1, d_c)
+        C = torch.cat(latent, 1)
+        outs.append(F.scaled_dot_product_attention(heads(x[:, t:t + 1] @ W_q), heads(C @ W_uk), heads(C @ W_uv)))
+    torch.testing.assert_close(torch.cat(outs, 2), ref, rtol=1e-4, atol=1e-4)
+    assert C.nbytes == mla_cache_bytes(1, d_c, 0, T, batch=B, dtype=torch.float32)
+    assert C.nbytes * 2 * H * dh == kv_cache_bytes(1, H, dh, T, batch=B, dtype=torch.float32) * d_c
+
+
+@pytest.mark.parametrize("n_kv", [4, 2, 1])
+def test_rolling_cache_is_sliding_window_attention(n_kv):
+    """Token by token through a RollingKVCache of window W equals full attention with a band mask (each query
+    sees itself and the W - 1 before it), and the cache holds kv_cache_bytes(..., window=W) at every step."""
+    torch.manual_seed(16)
+    W, T = 5, 13
+    layers = [MultiHeadAttention(16, 4, n_kv).eval() for _ in range(2)]
+    x = torch.randn(2, T, 16)
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    band = (j <= i) & (i - j < W)
+    cache, full_cache = RollingKVCache(2, window=W), KVCache(2)
+    with torch.no_grad():
+        ref = [layer(x, attn_mask=band) for layer in layers]
+        outs = [[layer(x[:, :3], is_causal=True, cache=cache, layer=n)] for n, layer in enumerate(layers)]
+        for t in range(3, T):
+            for n, layer in enumerate(layers):
+                outs[n].append(layer(x[:, t:t + 1], is_causal=True, cache=cache, layer=n))
+            assert cache.nbytes() == kv_cache_bytes(2, n_kv, 4, t + 1, batch=2, dtype=torch.float32, window=W)
+            assert cache.get_seq_length() == t + 1 and cache.n_held() == min(t + 1, W)
+        unbounded = layers[0](x, is_causal=True, cache=full_cache)
+    for n in range(2):
+        torch.testing.assert_close(torch.cat(outs[n], 1), ref[n], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(unbounded[:, W:], ref[0][:, W:])  # full attention differs once past the window
+
+
+def test_rolling_cache_with_rope_keeps_positions():
+    """With RoPE the layer takes the next position from get_seq_length(), which counts tokens seen, not held."""
+    torch.manual_seed(17)
+    W, T = 4, 10
+    layer = MultiHeadAttention(16, 4, 2, rope_theta=10000.0).eval()
+    x = torch.randn(1, T, 16)
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    cache = RollingKVCache(1, window=W)
+    with torch.no_grad():
+        ref = layer(x, attn_mask=(j <= i) & (i - j < W))
+        out = torch.cat([layer(x[:, t:t + 1], is_causal=True, cache=cache) for t in range(T)], 1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: kv_cache_bytes(1, 1, 1, 1, window=0), "window must be a positive integer"),
+    (lambda: kv_cache_bytes(1, 1, 1, 1, window=2.5), "window must be a positive integer"),
+    (lambda: kv_cache_bytes(1, 1, 8, 1, dtype="int8", scale_group=0), "scale_group must be a positive integer"),
+    (lambda: kv_cache_bytes(1, 1, 8, 1, dtype="int8", scale_group=3), "must divide d_head=8"),
+    (lambda: kv_cache_bytes(1, 1, 8, 1, dtype="float16", scale_group=8), "use dtype='int8', 'fp8' or 'int4'"),
+    (lambda: kv_cache_bytes(1, 1, 8, 1, dtype="int8", scale_group=8, scale_dtype="half"), "unknown dtype"),
+    (lambda: mla_cache_bytes(0, 512, 64, 1), "n_layers must be a positive integer"),
+    (lambda: mla_cache_bytes(1, 0, 64, 1), "d_latent must be a positive integer"),
+    (lambda: mla_cache_bytes(1, 512, -1, 1), "d_rope must be a non-negative integer"),
+    (lambda: mla_cache_bytes(1, 512, 64, -1), "seq_len must be a non-negative integer"),
+    (lambda: mla_cache_bytes(1, 512, 64, 1, batch=True), "batch must be a non-negative integer"),
+    (lambda: quantize_kv(torch.zeros(2, 8), "int4"), "dtype must be one of"),
+    (lambda: quantize_kv(torch.zeros(2, 8), "int8", 3), "must divide the head dimension 8"),
+    (lambda: quantize_kv(torch.zeros(2, 8, dtype=torch.long)), "floating tensor"),
+    (lambda: quantize_kv(torch.zeros(2, 8), scale_dtype=torch.int8), "scale_dtype must be a floating"),
+    (lambda: dequantize_kv(torch.zeros(2, 8), torch.zeros(3, 2)), "the two tensors quantize_kv returned"),
+    (lambda: RollingKVCache(2, window=0), "window must be a positive integer"),
+    (lambda: RollingKVCache(0, window=4), "n_layers must be a positive integer"),
+])
+def test_new_bad_arguments_raise_clear_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_rolling_cache_refuses_a_chunk_past_the_window():
+    cache = RollingKVCache(1, window=4)
+    cache.update(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2), 0)
+    with pytest.raises(ValueError, match="feed at most 1 now, then one token per call"):
+        cache.update(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 0)
+    with pytest.raises(ValueError, match="fresh KVCache for a new batch"):
+        cache.update(torch.zeros(2, 1, 1, 2), torch.zeros(2, 1, 1, 2), 0)

@@ -10,7 +10,7 @@ import course_lib
 PACKAGE = Path(course_lib.__file__).parent
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
 
-MECHANISMS = {"attention", "kv_cache", "flash", "memory"}
+MECHANISMS = {"attention", "kv_cache", "flash", "memory", "positions", "decode"}
 METHODS = {"sft", "preferences", "reward_model", "ppo", "dpo", "cai", "metrics"}
 TOOLS = {"checkpoints", "paths", "run", "report", "bench", "doctor", "viz"}  # what no method may import
 PATHS_USERS = {"__init__", "data", "checkpoints", "run", "bench", "doctor", "report"}  # who may know where files live

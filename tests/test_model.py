@@ -1,15 +1,21 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from course_lib.bench import model_rows
+from course_lib.kv_cache import KVCache
 from course_lib.model import GPT, GPTConfig, generate_tokens
 
+REFERENCE = Path(__file__).parent / "data" / "gpt_default_before_rope.json"
 
-def tiny(n_kv_heads=None, seed=0):
+
+def tiny(n_kv_heads=None, seed=0, **kwargs):
     torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=40, n_positions=32, n_embd=32, n_layer=2, n_head=4, n_kv_heads=n_kv_heads,
-                    eos_token_id=1, pad_token_id=0)
+                    eos_token_id=1, pad_token_id=0, **kwargs)
     return GPT(cfg).eval()
 
 
@@ -166,3 +172,133 @@ def test_generate_tokens_bad_arguments(kwargs, match):
 def test_generate_tokens_zero_new_tokens_returns_the_prompt():
     x = torch.randint(2, 40, (2, 5))
     assert torch.equal(generate_tokens(tiny(), x, 0), x)
+
+
+# ---------------------------------------------------------------- the default model has not moved
+def _default_reference_run(n_kv_heads):
+    """What tests/data/gpt_default_before_rope.json holds, recomputed with the current code."""
+    m = tiny(n_kv_heads)
+    x = torch.randint(2, 40, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(x)
+    mask[0, :3] = 0  # left padding
+    with torch.no_grad():
+        return m, {"logits": m(x).logits, "logits_left_padded": m(x, attention_mask=mask).logits,
+                   "greedy_tokens": generate_tokens(m, x, 6)}
+
+
+@pytest.mark.parametrize("n_kv", [None, 2])
+def test_default_config_is_unchanged_by_the_rope_option(n_kv):
+    """Saved from the code before position_embedding existed: state dict and forward must be what they were."""
+    ref = json.loads(REFERENCE.read_text())["runs"][f"kv{n_kv}"]
+    m, out = _default_reference_run(n_kv)
+    sd = m.state_dict()
+    assert list(sd) == ref["state_dict_keys"]
+    assert [list(t.shape) for t in sd.values()] == ref["state_dict_shapes"]
+    assert [float(t.double().sum()) for t in sd.values()] == pytest.approx(ref["state_dict_sums"], rel=1e-12, abs=1e-12)
+    for name in ("logits", "logits_left_padded"):
+        torch.testing.assert_close(out[name], torch.tensor(ref[name]), rtol=1e-6, atol=1e-6)
+    assert out["greedy_tokens"].tolist() == ref["greedy_tokens"]
+    assert m.config.position_embedding == "learned" and m.wpe is not None
+    assert all(b.attn.rope_theta is None for b in m.h)
+
+
+def test_a_config_saved_before_the_option_loads_as_learned(tmp_path):
+    m = tiny()
+    m.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for key in ("position_embedding", "rope_theta"):
+        cfg.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.position_embedding == "learned"
+    x = torch.randint(2, 40, (1, 6))
+    assert torch.equal(loaded(x).logits, m(x).logits)
+
+
+# ---------------------------------------------------------------- RoPE as a config option
+def test_rope_model_has_no_position_table():
+    learned, rope = tiny(), tiny(position_embedding="rope")
+    assert rope.wpe is None and not any(k.startswith("wpe") for k in rope.state_dict())
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(learned) - n(rope) == 32 * 32  # n_positions x n_embd
+    assert all(b.attn.rope_theta == 10000.0 for b in rope.h)
+    assert tiny(position_embedding="rope", rope_theta=500000.0).h[0].attn.rope_theta == 500000.0
+
+
+@pytest.mark.parametrize("n_kv", [4, 2, 1])
+def test_rope_cached_decoding_equals_the_full_forward(n_kv):
+    m = tiny(n_kv, position_embedding="rope")
+    x = torch.randint(2, 40, (2, 12), generator=torch.Generator().manual_seed(n_kv))
+    with torch.no_grad():
+        full = m(x).logits
+        cache = KVCache(2)
+        out = m(x[:, :5], cache=cache, use_cache=True)
+        logits = [out.logits]
+        for t in range(5, 12):
+            out = m(x[:, t:t + 1], cache=out.cache, use_cache=True)
+            logits.append(out.logits)
+    torch.testing.assert_close(torch.cat(logits, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert cache.get_seq_length() == 12
+
+
+@pytest.mark.parametrize("n_kv", [4, 1])
+def test_rope_generation_with_and_without_cache_and_through_generate(n_kv):
+    m = tiny(n_kv, position_embedding="rope")
+    x = torch.randint(2, 40, (3, 6), generator=torch.Generator().manual_seed(3))
+    a = generate_tokens(m, x, 12, use_cache=True)
+    assert torch.equal(a, generate_tokens(m, x, 12, use_cache=False))
+    c = m.generate(x, max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(x), eos_token_id=None)
+    assert torch.equal(a, c)
+
+
+def test_rope_left_padding_gives_the_same_tokens_as_one_by_one():
+    """Left padding shifts the real tokens right; position_ids from the mask keep their rotations right."""
+    m = tiny(position_embedding="rope")
+    g = torch.Generator().manual_seed(4)
+    seqs = [torch.randint(2, 40, (n,), generator=g) for n in (3, 7, 5)]
+    T = 7
+    ids = torch.zeros(3, T, dtype=torch.long)
+    mask = torch.zeros(3, T, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s):], mask[i, T - len(s):] = s, 1
+    for use_cache in (True, False):
+        batched = generate_tokens(m, ids, 8, attention_mask=mask, use_cache=use_cache)[:, T:]
+        for i, s in enumerate(seqs):
+            assert torch.equal(batched[i], generate_tokens(m, s[None], 8)[0, len(s):])
+    hf = m.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=None)[:, T:]
+    assert torch.equal(hf, generate_tokens(m, ids, 8, attention_mask=mask)[:, T:])
+
+
+def test_rope_scores_are_relative_so_shifting_every_position_changes_nothing():
+    rope, learned = tiny(position_embedding="rope"), tiny()
+    x = torch.randint(2, 40, (2, 8))
+    shifted = torch.arange(8)[None] + 17
+    with torch.no_grad():
+        torch.testing.assert_close(rope(x, position_ids=shifted).logits, rope(x).logits, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(learned(x, position_ids=shifted).logits, learned(x).logits, atol=1e-3)
+
+
+def test_rope_save_load_round_trip(tmp_path):
+    m = tiny(2, position_embedding="rope", rope_theta=20000.0)
+    m.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["position_embedding"] == "rope"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, GPT) and loaded.wpe is None
+    assert (loaded.config.position_embedding, loaded.config.rope_theta, loaded.h[0].attn.rope_theta) == \
+        ("rope", 20000.0, 20000.0)
+    x = torch.randint(2, 40, (2, 9))
+    assert torch.equal(loaded(x).logits, m(x).logits)
+    assert torch.equal(generate_tokens(loaded, x, 5), generate_tokens(m, x, 5))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(position_embedding="alibi"), "position_embedding must be 'learned' .* or 'rope'"),
+    (dict(position_embedding=None), "position_embedding must be 'learned'"),
+    (dict(n_embd=12, n_head=4, position_embedding="rope"),
+     "head dimension n_embd // n_head must be even, got 12 // 4 = 3: choose n_head among 1, 2, 3, 6"),
+    (dict(position_embedding="rope", rope_theta=0.0), "rope_theta must be a finite number > 1"),
+    (dict(rope_theta=float("nan")), "rope_theta must be a finite number > 1"),
+])
+def test_rope_config_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GPTConfig(**kwargs)
