@@ -66,12 +66,22 @@ def _error_summary(exc):
     return "\n".join(parts)
 
 
+def _is_progress_bar(output):
+    """A tqdm widget saved into a notebook: it would show a stale "0%" to anyone reading the file."""
+    data = output.get("data", {})
+    text = "".join(data.get("text/plain", ""))
+    return "application/vnd.jupyter.widget-view+json" in data and re.search(r"\d+%\|.*\|", text) is not None
+
+
 def _strip_run_metadata(nb):
-    """Drop papermill's per-run bookkeeping so committed notebooks change only with their content."""
+    """Drop papermill's per-run bookkeeping and saved progress bars, so committed notebooks change only with
+    their content."""
     nb.metadata.pop("papermill", None)
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
+        if cell.get("outputs"):
+            cell.outputs = [o for o in cell.outputs if not _is_progress_bar(o)]
     return nb
 
 

@@ -260,3 +260,20 @@ def test_flash_benchmark_bad_arguments(kwargs, match):
 def test_flash_benchmark_table_needs_rows():
     with pytest.raises(ValueError, match="non-empty list of dicts that flash_rows returns"):
         format_flash_rows([])
+
+
+def test_saved_progress_bars_are_dropped_from_committed_notebooks():
+    import nbformat
+
+    from course_lib import run
+
+    bar = nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "x", "version_major": 2, "version_minor": 0},
+        "text/plain": "SFT:   0%|          | 0/150 [00:00<?, ?it/s]"})
+    text = nbformat.v4.new_output("stream", name="stdout", text="SFT: 150 steps in 6.4 s\n")
+    widget = nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "y", "version_major": 2, "version_minor": 0},
+        "text/plain": "interactive(children=(IntSlider(value=3),))"})
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[bar, text, widget])])
+    run._strip_run_metadata(nb)
+    assert nb.cells[0].outputs == [text, widget]  # the bar goes; printed results and real widgets stay
