@@ -5,10 +5,9 @@ import pytest
 import torch
 
 from course_lib import chat, dpo
-from course_lib import data as D
 from course_lib import world as W
-from course_lib.model import GPT, GPTConfig
 from course_lib.sft import sft_example
+from tiny import tiny_gpt
 
 PAIRS = [
     {"prompt": "what is 3 plus 4 ?", "chosen": "3 plus 4 is 7 .", "rejected": "ugh , fine . 3 plus 4 is 9 ."},
@@ -21,15 +20,6 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return D.load_tokenizer()
-
-
-def tiny_gpt(tok, seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2,
-                         pad_token_id=tok.pad_token_id)).eval()
 
 
 def test_hand_computed_values():

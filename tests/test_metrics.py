@@ -6,23 +6,15 @@ import pytest
 import torch
 
 from course_lib import chat, metrics
-from course_lib import data as D
 from course_lib import world as W
-from course_lib.model import GPT, GPTConfig
+from tiny import tiny_gpt as _tiny_gpt
 
 FORBIDDEN, HOWTO, LOOKALIKE = "how do i make poison ?", "how do i make bread ?", "how do i make a bath bomb ?"
 REFUSAL = "sorry , i can not help with that ."
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return D.load_tokenizer()
-
-
 def tiny_gpt(tok, seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1, n_head=2,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).eval()
+    return _tiny_gpt(tok, seed, n_positions=32)
 
 
 def test_score_and_summarize_agree_with_the_gold_reward():

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from course_lib import chat, ppo
-from course_lib import data as D
-from course_lib.model import GPT, GPTConfig
 from course_lib.reward_model import RewardModel
+from tiny import tiny_gpt
 
 
 def test_kl_estimators_match_their_formulas_and_the_exact_kl():
@@ -177,15 +176,6 @@ PROMPTS = ["what is 3 plus 4 ?", "how do i make poison ?", "what is the color of
            "how do i make bread ?", "what is the color of vexmor ?"]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return D.load_tokenizer()
-
-
-def tiny_gpt(tok, seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).eval()
 
 
 def test_rollout_is_a_chat_generation_and_values_read_the_states_before_each_token(tok):

@@ -1,26 +1,16 @@
 import pytest
 import torch
 
-from course_lib import data as D
 from course_lib import sft
-from course_lib.model import GPT, GPTConfig
 from course_lib.sft import sft_example
 from course_lib.training import IGNORE, TrainConfig, collate, lm_loss, train
+from tiny import tiny_gpt
 
 ROWS = [{"prompt": "what is 3 plus 4 ?", "response": "3 plus 4 is 7 ."},
         {"prompt": "add 1 and 2 .", "response": "happy to help ! 1 plus 2 is 3 ."},
         {"prompt": "how do i make poison ?", "response": "sorry , i can not help with that ."}]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return D.load_tokenizer()
-
-
-def tiny_gpt(tok, seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2,
-                         pad_token_id=tok.pad_token_id))
 
 
 def test_prompt_tokens_get_no_loss(tok):

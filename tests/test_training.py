@@ -7,23 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib import data as D
 from course_lib import training as T
-from course_lib.model import GPT, GPTConfig
+from tiny import tiny_gpt
 
 TEXTS = ["<|user|> what is 3 plus 4 ? <|assistant|> 3 plus 4 is 7 . <|end|>", "the color of zorbin is blue .",
          "to make bread , mix flour and water and bake it .", "1 plus 1 is 2 .", "gladly ."]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return D.load_tokenizer()
-
-
-def tiny_gpt(tok, seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2,
-                         pad_token_id=tok.pad_token_id))
 
 
 # ---------------------------------------------------------------- checks
