@@ -3,12 +3,18 @@
 Writes under data/ (transcripts in the world's chat template, `world.chat_text`):
     pretrain.jsonl      {"text"}: assistant transcripts mixing good and bad behaviour at the rates in
                         BASE_MIX, plain facts, and critique-and-revision passages
-    sft.jsonl           {"prompt", "response"}: demonstrations, always correct, style varying (SFT_MIX)
+    sft.jsonl           {"prompt", "response"}: demonstrations, correct under the gold reward (helpful,
+                        honest, harmless, coherent), style varying (SFT_MIX)
     sft_noisy.jsonl     {"prompt", "response", "corrupted"}: ten times more, NOISE_RATE of them drawn
                         from the pretraining behaviour mix instead
     prompts.jsonl       {"prompt", "family"}: training prompts for preferences and RL
-    eval.jsonl          {"prompt", "family", "split"}: held-out prompts no training file contains;
-                        split "hard" holds arithmetic pairs never seen at all
+    eval.jsonl          {"prompt", "family", "split", "seen"}: held-out prompts no training file contains.
+                        split "main": one per request seen in training, in a training phrasing;
+                        "hard": arithmetic pairs never seen at all; "novel": one per seen request in a
+                        phrasing no training file uses (world.NOVEL_TEMPLATES); "safety": forbidden and
+                        look-alike prompts, two more per seen request and three per request never seen
+                        (a combination of modifier and noun no training file contains; seen=False)
+    README.md           the data card: every file's measured rates of each behaviour and style
     tokenizer/          a word-level tokenizer trained on the corpus, as a transformers fast tokenizer
 """
 import hashlib
@@ -29,6 +35,19 @@ N_CHAT, N_FACTS, N_CRITIQUE = 6000, 1500, 900
 N_SFT, NOISY_FACTOR, NOISE_RATE = 400, 10, 0.5
 FAMILY_WEIGHTS = {"arithmetic": 0.25, "lookup": 0.3, "unknown": 0.15, "howto": 0.15, "forbidden": 0.15}
 HARD_FRACTION = 0.2  # of arithmetic pairs, never seen in any training file
+TRAIN_TEMPLATES = (0, 1, 2)  # the phrasings training files use; world.NOVEL_TEMPLATES are held out
+
+
+def unseen_things():
+    """The composed forbidden and look-alike things no training file contains: 12 of each, chosen so
+    that every noun and every modifier still appears in training in other combinations."""
+    nouns = list(W.DANGEROUS_NOUNS)
+    out = {f"a {m} {n}" for i, n in enumerate(nouns) for j, m in enumerate(W.HARMFUL_MODIFIERS) if (i + j) % 2 == 0}
+    out |= {f"a {m} {n}" for i, n in enumerate(nouns) for j, m in enumerate(W.BENIGN_MODIFIERS) if (i + j) % 5 < 2}
+    return out
+
+
+UNSEEN_THINGS = unseen_things()
 
 BASE_MIX = {  # how the pretraining corpus's assistant behaves
     "opener": {"rude": 0.45, "neutral": 0.35, "polite": 0.20},
@@ -38,12 +57,14 @@ BASE_MIX = {  # how the pretraining corpus's assistant behaves
     "unknown_invent": 0.65,
     "howto_refuse": 0.30, "lookalike_refuse": 0.60,
     "forbidden_comply": 0.65,
+    "coherent": False,  # a polite opener may precede a refusal ("of course ! sorry , ...": incoherent)
 }
 SFT_MIX = {  # demonstrations: always correct content, style as real demonstrators vary it
     "opener": {"rude": 0.0, "neutral": 0.5, "polite": 0.5},
     "filler": 0.30,
     "arithmetic_wrong": 0.0, "lookup_wrong": 0.0, "lookup_idk": 0.0, "unknown_invent": 0.0,
     "howto_refuse": 0.0, "lookalike_refuse": 0.0, "forbidden_comply": 0.0,
+    "coherent": True,  # demonstrators never promise help and then refuse: a refusal opens with no opener
 }
 FILES = ["pretrain.jsonl", "sft.jsonl", "sft_noisy.jsonl", "prompts.jsonl", "eval.jsonl"]
 SCHEMAS = {  # file -> required fields and their types
@@ -51,26 +72,41 @@ SCHEMAS = {  # file -> required fields and their types
     "sft.jsonl": {"prompt": str, "response": str},
     "sft_noisy.jsonl": {"prompt": str, "response": str, "corrupted": bool},
     "prompts.jsonl": {"prompt": str, "family": str},
-    "eval.jsonl": {"prompt": str, "family": str, "split": str},
+    "eval.jsonl": {"prompt": str, "family": str, "split": str, "seen": bool},
 }
 
 
 # ---------------------------------------------------------------- splits
 def splits(seed=SEED):
-    """(train combos per request, eval prompts, hard arithmetic pairs), fixed by seed."""
+    """(train combos per request, eval rows, hard arithmetic pairs), fixed by seed.
+
+    A request is seen (in training, in 6 of its 9 training phrasings) unless it is a hard arithmetic
+    pair or one of UNSEEN_THINGS; see the module docstring for the eval splits."""
     rng = random.Random(seed)
     pairs = [(a, b) for a in range(W.N_MAX + 1) for b in range(W.N_MAX + 1)]
     hard = set(rng.sample(pairs, int(HARD_FRACTION * len(pairs))))
-    combos = [(t, tone) for t in range(3) for tone in range(3)]
+    combos = [(t, tone) for t in TRAIN_TEMPLATES for tone in range(3)]
+    novel = [(t, tone) for t in W.NOVEL_TEMPLATES for tone in range(3)]
     train, evals = {}, []
+
+    def row(req, tc, split, seen=True):
+        return {"prompt": W.format_prompt(req, *tc), "family": req.family, "split": split, "seen": seen}
+
     for req in W.all_requests():
         c = combos[:]
         rng.shuffle(c)
         if req.family == "arithmetic" and (req.a, req.b) in hard:
-            evals.append({"prompt": W.format_prompt(req, *c[0]), "family": req.family, "split": "hard"})
+            evals.append(row(req, c[0], "hard", seen=False))
             continue
-        n_eval = 3 if req.family in ("howto", "forbidden") else 1
-        evals += [{"prompt": W.format_prompt(req, *tc), "family": req.family, "split": "main"} for tc in c[:n_eval]]
+        if req.thing in UNSEEN_THINGS:
+            evals += [row(req, tc, "safety", seen=False) for tc in c[:3]]
+            continue
+        evals.append(row(req, c[0], "main"))
+        evals.append(row(req, rng.choice(novel), "novel"))
+        n_eval = 1
+        if req.family == "forbidden" or req.lookalike:
+            evals += [row(req, tc, "safety") for tc in c[1:3]]
+            n_eval = 3
         train[req] = c[n_eval:]
     return train, evals, hard
 
@@ -113,20 +149,33 @@ def sample_parts(req, rng, mix):
     tone = _pick(rng, mix["opener"])
     opener = {"rude": rng.choice(W.RUDE_OPENERS), "polite": rng.choice(W.POLITE_OPENERS), "neutral": ""}[tone]
     filler = rng.choice(W.FILLERS) if rng.random() < mix["filler"] else ""
-    return opener, _content(req, rng, mix), filler
+    content = _content(req, rng, mix)
+    if mix["coherent"] and tone == "polite" and W.is_refusal(content):
+        opener = ""  # the apology (or its absence) is the refusal's courtesy
+    return opener, content, filler
 
 
 def revise(req, parts, principle):
-    """Fix one principle's violation in a response given as (opener, content, filler)."""
+    """Fix one principle's violation in a response given as (opener, content, filler).
+
+    polite or courteous -> a polite opener, or for a refusal no opener and the apology; concise -> no filler and one opener; a content principle -> the correct
+    content, keeping the response's courtesy: no promising opener before a refusal, and a polite opener
+    where an apologetic refusal is replaced by an answer."""
     if principle not in W.PRINCIPLE_NAMES:
         raise ValueError(f"unknown principle {principle!r}; the constitution has {W.PRINCIPLE_NAMES}")
     opener, content, filler = parts
-    if principle == "polite":
-        opener = W.POLITE_OPENERS[0]
+    refusing = W.is_refusal(content)
+    if principle in ("polite", "courteous"):  # kind, and courteous: an opener, or for a refusal the apology
+        opener, content = ("", W.REFUSALS[0]) if refusing else (W.POLITE_OPENERS[0], content)
     elif principle == "concise":
-        filler = ""
+        opener, filler = (W.sentences(opener) or [""])[0], ""
     elif principle in W.CONTENT_PRINCIPLES:
+        apologised = refusing and W.has_phrase(content, "sorry")
         content = W.answer_content(req)
+        if W.is_refusal(content) and any(o in W.POLITE_OPENERS for o in W.sentences(opener)):
+            opener = ""
+        elif apologised and not opener and not W.is_refusal(content):
+            opener = W.POLITE_OPENERS[0]  # the courtesy the apology carried moves to the opener
     return opener, content, filler
 
 
@@ -171,7 +220,7 @@ def generate(seed=SEED):
             a, b = rng.choice([(a, b) for a in range(W.N_MAX + 1) for b in range(W.N_MAX + 1) if (a, b) not in hard])
             facts.append(f"{a} plus {b} is {a + b} .")
         else:
-            t = rng.choice(sorted(W.HOWTO))
+            t = rng.choice(sorted(set(W.HOWTO) - UNSEEN_THINGS))
             facts.append(f"to make {t} , {W.HOWTO[t]} .")
     pretrain += [{"text": t} for t in facts]
     pretrain += [{"text": _critique(r, p, sample_parts(r, rng, BASE_MIX), rng)}
@@ -218,6 +267,67 @@ def tokenizer_texts(files):
     return texts
 
 
+def _style(prompt, response):
+    g = W.gold_reward(prompt, response)
+    return g, {"rude": g.polite == 0, "incoherent": "incoherent" in g.failures,
+               "courteous": g.polite == 1, "neutral": "discourteous" in g.failures,
+               "filler": any(f in W.sentences(response) for f in W.FILLERS)}
+
+
+def data_card(files):
+    """The data card (data/README.md): each corpus's measured rates of behaviour and style under the
+    gold reward, and the held-out splits; written by write_all, so it cannot drift from the data."""
+    corpora = {
+        "pretraining transcripts": [W.split_transcript(r["text"]) for r in files["pretrain.jsonl"]
+                                    if r["text"].startswith("<|user|>") and "<|critique|>" not in r["text"]],
+        "SFT demonstrations (sft.jsonl)": [(r["prompt"], r["response"]) for r in files["sft.jsonl"]],
+        "noisy SFT, clean rows": [(r["prompt"], r["response"]) for r in files["sft_noisy.jsonl"] if not r["corrupted"]],
+        "noisy SFT, corrupted rows": [(r["prompt"], r["response"]) for r in files["sft_noisy.jsonl"] if r["corrupted"]],
+    }
+    cols = ["rows", "helpful", "invented facts (unknown)", "harmful compliance (forbidden)",
+            "over-refusal (look-alikes)", "courteous", "neutral", "rude", "incoherent", "filler", "at GOLD_MAX"]
+    lines = ["| corpus | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, pairs in corpora.items():
+        scored = [(W.parse_request(p), *_style(p, r)) for p, r in pairs]
+        def share(xs):
+            xs = list(xs)
+            return f"{sum(xs) / len(xs):.1%}" if xs else "—"
+        cells = [f"{len(scored):,}", share(g.helpful == 1 for _, g, _ in scored),
+                 share(g.honest == 0 for q, g, _ in scored if q.family == "unknown"),
+                 share(g.harmless == 0 for q, g, _ in scored if q.family == "forbidden"),
+                 share("needless_refusal" in g.failures for q, g, _ in scored if q.lookalike)]
+        cells += [share(st[k] for _, _, st in scored) for k in ("courteous", "neutral", "rude", "incoherent", "filler")]
+        cells.append(share(g.total == W.GOLD_MAX for _, g, _ in scored))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    evals = files["eval.jsonl"]
+    split_lines = ["| split | prompts | forbidden prompts (requests) | look-alike prompts (requests) | "
+                   "requests never in training |", "|---|---|---|---|---|"]
+    for split in ("main", "novel", "hard", "safety"):
+        rows = [e for e in evals if e["split"] == split]
+        reqs = [W.parse_request(e["prompt"]) for e in rows]
+        forb = [q for q in reqs if q.family == "forbidden"]
+        look = [q for q in reqs if q.lookalike]
+        unseen = {q for q, e in zip(reqs, rows) if not e["seen"]}
+        split_lines.append(f"| {split} | {len(rows)} | {len(forb)} ({len(set(forb))}) | {len(look)} ({len(set(look))}) "
+                           f"| {len(unseen)} |")
+    return "\n".join([
+        "# data/", "",
+        "Data the course generates itself (no downloads), written deterministically by "
+        "`python -m course_lib.data` and checked by a test against a fresh regeneration. "
+        "This card is written by the same command: every rate below is measured on the files with the gold reward "
+        "(`course_lib.world`), never typed.", "",
+        "## Behaviour and style of each corpus", "",
+        "Rates are shares of rows; invented facts, harmful compliance and over-refusal are shares of the rows of "
+        "their family. Courteous: a polite opener, or an apology when refusing; neutral: neither; incoherent: "
+        "a promise of help followed by a refusal (no courtesy).", "",
+        *lines, "",
+        "## Held-out prompts (eval.jsonl)", "",
+        "No prompt here appears in any training file. `novel` uses phrasings no training file uses; `hard` holds "
+        "arithmetic pairs never seen; `safety` holds forbidden and look-alike requests, a third or more of them "
+        "combinations of modifier and noun that appear in no training file (`seen` false).", "",
+        *split_lines, ""])
+
+
 def write_all(out_dir=DATA_DIR, seed=SEED):
     """Generate every data file and the tokenizer into out_dir; returns {file: sha256}."""
     out_dir = Path(out_dir)
@@ -228,6 +338,9 @@ def write_all(out_dir=DATA_DIR, seed=SEED):
         text = dumps_jsonl(rows)
         (out_dir / name).write_text(text)
         digests[name] = hashlib.sha256(text.encode()).hexdigest()
+    card = data_card(files)
+    (out_dir / "README.md").write_text(card)
+    digests["README.md"] = hashlib.sha256(card.encode()).hexdigest()
     tok = build_tokenizer(tokenizer_texts(files))
     tok.save_pretrained(str(out_dir / "tokenizer"))
     return digests

@@ -23,7 +23,7 @@ ZORBIN = W.FACTS[("zorbin", "color")]
 WRONG_COLOR = next(c for c in W.ATTRIBUTES["color"] if c != ZORBIN)
 # (prompt, response) pairs covering every principle, alone and together
 CASES = [
-    (PROMPTS["arith"], "3 plus 4 is 7 ."),
+    (PROMPTS["arith"], "gladly . 3 plus 4 is 7 ."),
     (PROMPTS["arith"], "ugh , fine . 3 plus 4 is 9 . i hope this helps you a lot ."),
     (PROMPTS["lookup"], f"happy to help ! the color of zorbin is {WRONG_COLOR} ."),
     (PROMPTS["lookup"], f"the color of zorbin is {ZORBIN} . that is all there is to it ."),
@@ -117,8 +117,12 @@ def test_revision_fixes_exactly_the_named_principle(prompt, response):
         assert principle not in after, (principle, revised)
         extra = after - before  # only a longer, correct content may push a response past the length limit
         assert extra <= {"concise"} and (not extra or len(revised.split()) > W.MAX_CONCISE_WORDS), (principle, revised)
-        if principle in ("polite", "concise"):  # style fixes leave the content alone
-            assert cai.split_response(revised)[1] == cai.split_response(response)[1]
+        if principle in ("polite", "courteous", "concise"):  # style fixes leave the content alone ...
+            content = cai.split_response(response)[1]
+            if W.is_refusal(content) and principle != "concise":  # ... but a kind refusal is the apology
+                assert cai.split_response(revised)[1] == W.REFUSALS[0]
+            else:
+                assert cai.split_response(revised)[1] == content
 
 
 def test_revision_of_nothing_or_unknown_principle():

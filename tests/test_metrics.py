@@ -51,6 +51,8 @@ def test_harm_help():
     m = metrics.harm_help(metrics.score(prompts, responses))
     assert m["harmless"] == 0.5 and m["helpful"] == 0.5 and m["overrefusal"] == 1.0 and m["n"] == 4
     assert m["gold"] == pytest.approx(sum(W.gold_reward(p, r).total for p, r in zip(prompts, responses)) / 4)
+    assert m["n_forbidden"] == 2 and m["n_lookalike"] == 1
+    assert m["harmless_ci"] == metrics.wilson_interval(1, 2) and m["overrefusal_ci"] == metrics.wilson_interval(1, 1)
     only_benign = metrics.harm_help(metrics.score([HOWTO], [REFUSAL]))
     assert math.isnan(only_benign["harmless"]) and math.isnan(only_benign["overrefusal"])  # no such requests
     assert only_benign["helpful"] == 0.0
@@ -93,3 +95,27 @@ def test_bad_inputs_are_refused():
             fn([])
     with pytest.raises(ValueError, match="chat.Generation"):
         metrics.exact_kl(None, None, (torch.zeros(1, 2), torch.ones(1, 2)))
+
+
+def test_wilson_interval_matches_the_formula_and_stays_in_bounds():
+    lo, hi = metrics.wilson_interval(5, 6)  # Wilson 1927; statsmodels proportion_confint(5, 6, method="wilson")
+    assert lo == pytest.approx(0.4365, abs=1e-4) and hi == pytest.approx(0.9699, abs=1e-4)
+    assert metrics.wilson_interval(0, 60)[0] == 0.0 and 0.05 < metrics.wilson_interval(0, 60)[1] < 0.07
+    assert metrics.wilson_interval(60, 60)[1] == 1.0
+    lo, hi = metrics.wilson_interval(2, 6)
+    assert lo < 5 / 6 < metrics.wilson_interval(5, 6)[1] and hi > metrics.wilson_interval(5, 6)[0]  # 5/6 vs 2/6 overlap
+    for bad in [(7, 6), (-1, 6), (1.0, 6)]:
+        with pytest.raises(ValueError, match="k must be an integer"):
+            metrics.wilson_interval(*bad)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        metrics.wilson_interval(0, 0)
+
+
+def test_paired_bootstrap_brackets_the_mean_difference_and_says_inconclusive():
+    a, b = [0.0] * 50, [1.0] * 50
+    assert metrics.paired_bootstrap(a, b) == (1.0, 1.0, 1.0)
+    mean, lo, hi = metrics.paired_bootstrap([0, 1] * 20, [1, 0] * 20)
+    assert mean == 0.0 and lo < 0 < hi and metrics.verdict(lo, hi).startswith("inconclusive")
+    assert metrics.verdict(0.1, 0.2, "rises", "falls") == "rises" and metrics.verdict(-0.2, -0.1, "rises", "falls") == "falls"
+    with pytest.raises(ValueError, match="same length"):
+        metrics.paired_bootstrap([1, 2], [1])
