@@ -273,7 +273,8 @@ def ensure(name, progress=True, **overrides):
 
 def get(name, progress=True, **overrides):
     """Artefact `name` (recipe parameters overridden by keyword), built and cached first if needed: a model
-    (eval mode), a reward model, or for "preferences" a dict {"train": rows, "val": rows}.
+    (eval mode), a reward model, or for "preferences" a dict {"train": rows, "val": rows, "test": rows}
+    (val chooses the reward model's epoch; test is for reporting only).
 
     Overrides change this artefact's own recipe only: get("ppo", seed=1) trains PPO with seed 1 from the
     default ("seed 0") SFT model and reward model."""
@@ -366,8 +367,10 @@ def _preferences(recipe, parents, out, progress):
                for s in range(recipe["k"])]
     rows = preferences.collect(prompts, [list(rs) for rs in zip(*samples)], seed=recipe["seed"])
     n_val = int(recipe["val_fraction"] * recipe["n_prompts"])
-    for r in rows:  # hold out whole prompts (groups), so no prompt is in both splits
-        r["split"] = "val" if r["group"] >= recipe["n_prompts"] - n_val else "train"
+    n_test = int(recipe["test_fraction"] * recipe["n_prompts"])
+    for r in rows:  # hold out whole prompts (groups), so no prompt is in two splits
+        left = recipe["n_prompts"] - r["group"]  # 1 for the last prompt
+        r["split"] = "test" if left <= n_test else "val" if left <= n_test + n_val else "train"
     (out / "preferences.jsonl").write_text(D.dumps_jsonl(rows))
     return {"pairs": len(rows), "prompts": len(prompts), "responses_sampled": len(prompts) * recipe["k"]}
 
@@ -375,7 +378,7 @@ def _preferences(recipe, parents, out, progress):
 def _load_preferences(folder):
     rows = D.read_jsonl(folder / "preferences.jsonl", schema={"prompt": str, "chosen": str, "rejected": str,
                                                                 "split": str})
-    return {"train": [r for r in rows if r["split"] == "train"], "val": [r for r in rows if r["split"] == "val"]}
+    return {split: [r for r in rows if r["split"] == split] for split in ("train", "val", "test")}
 
 
 def _reward_model(recipe, parents, out, progress):
@@ -417,11 +420,11 @@ for _a in [
              recipe={"steps": 150, "batch_size": 32, "lr": 5e-4, "seed": 0, "data": ["sft.jsonl"], "model": None}),
     Artefact("preferences", _preferences, _load_preferences, parents=("sft",),
              doc="annotators' rankings of SFT samples, as pairs (notebook 06)",
-             recipe={"n_prompts": 1200, "k": 4, "temperature": 1.0, "seed": 0, "val_fraction": 0.15,
+             recipe={"n_prompts": 1200, "k": 4, "temperature": 1.0, "seed": 0, "val_fraction": 0.15, "test_fraction": 0.15,
                      "data": ["prompts.jsonl"]}),
     Artefact("reward_model", _reward_model, _load_reward_model, parents=("preferences", "sft"),
              doc="a Bradley-Terry reward model on the SFT trunk (notebook 06)",
-             recipe={"epochs": 20, "lr": 1e-3, "seed": 0}, extra_code=(_load_reward_model,)),
+             recipe={"epochs": 30, "lr": 1e-2, "seed": 0}, extra_code=(_load_reward_model,)),
     Artefact("ppo", _ppo, load_hf_model, parents=("reward_model", "sft"), doc="RLHF with PPO (notebook 07)",
              recipe={"beta": 0.05, "iterations": 30, "lr": 1e-4, "batch_size": 64, "seed": 0,
                      "data": ["prompts.jsonl"]}),
