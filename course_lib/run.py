@@ -154,14 +154,18 @@ HEADLINE = [  # (notebook stem prefix, metric, what it says, format)
     ("04", "base_gold_reward", "gold reward of the pretrained base model (max 1.75)", "{:.2f}"),
     ("05", "sft_gold_reward", "gold reward after SFT", "{:.2f}"),
     ("05", "sft_gold_reward_noisy_large", "gold after SFT on 10× more, 50% noisy demonstrations", "{:.2f}"),
-    ("06", "rm_heldout_accuracy", "reward model held-out accuracy vs labels", "{:.1%}"),
+    ("05", "sft_harmful_compliance_unseen", "harmful compliance after SFT, forbidden requests never seen in training [95% CI]",
+     "{:.2f} [{:.2f}, {:.2f}]"),
+    ("06", "rm_heldout_accuracy", "reward model test accuracy vs labels", "{:.1%}"),
     ("06", "annotator_agreement", "annotators' agreement with each other", "{:.1%}"),
     ("07", "ppo_gold_reward", "gold reward after PPO (β = 0.05)", "{:.2f}"),
+    ("07", "ppo_minus_sft_gold_interval", "PPO − SFT gold reward, greedy [95% CI]", "{:+.3f} [{:+.3f}, {:+.3f}]"),
     ("07", "nokl_gold_reward", "gold reward after PPO without KL penalty (sampled)", "{:.2f}"),
     ("07", "nokl_proxy_reward", "... while its reward-model score rose to", "{:.2f}"),
     ("08", "dpo_gold_reward", "gold reward after DPO", "{:.2f}"),
     ("08", "dpo_over_ppo_time", "DPO / PPO wall-clock", "{:.2f}×"),
-    ("09", "cai_harmless_after", "harmlessness after Constitutional AI", "{:.2f}"),
+    ("09", "cai_harmless_after", "harmlessness after Constitutional AI (safety split)", "{:.2f}"),
+    ("09", "cai_harmless_after_ci", "... its 95% interval", "[{:.2f}, {:.2f}]"),
     ("10", "sft_gold_reward_mean", "gold reward, SFT (mean of 3 seeds)", "{:.2f}"),
     ("10", "ppo_gold_reward_mean", "gold reward, RLHF with PPO (mean of 3 seeds)", "{:.2f}"),
     ("10", "dpo_gold_reward_mean", "gold reward, DPO (mean of 3 seeds)", "{:.2f}"),
@@ -177,8 +181,11 @@ def headline_table(metrics_by_notebook):
     lines = ["| notebook | measurement | value |", "|---|---|---|"]
     for prefix, name, label, fmt in HEADLINE:
         for stem, values in sorted(metrics_by_notebook.items()):
-            if stem.startswith(prefix) and isinstance(values.get(name), (int, float)):
-                lines.append(f"| {prefix} | {label} | {fmt.format(values[name])} |")
+            value = values.get(name)
+            if stem.startswith(prefix) and isinstance(value, (int, float)):
+                lines.append(f"| {prefix} | {label} | {fmt.format(value)} |")
+            elif stem.startswith(prefix) and isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+                lines.append(f"| {prefix} | {label} | {fmt.format(*value)} |")  # e.g. a value and its 95% interval
     return "\n".join(lines)
 
 
