@@ -166,6 +166,7 @@ HEADLINE = [  # (notebook stem prefix, metric, what it says, format)
     ("08", "dpo_over_ppo_time", "DPO / PPO wall-clock", "{:.2f}×"),
     ("09", "cai_harmless_after", "harmlessness after Constitutional AI (safety split)", "{:.2f}"),
     ("09", "cai_harmless_after_ci", "... its 95% interval", "[{:.2f}, {:.2f}]"),
+    ("09", "cai_overrefusal_after", "... while refusing this share of benign look-alikes", "{:.2f}"),
     ("10", "sft_gold_reward_mean", "gold reward, SFT (mean of 3 seeds)", "{:.2f}"),
     ("10", "ppo_gold_reward_mean", "gold reward, RLHF with PPO (mean of 3 seeds)", "{:.2f}"),
     ("10", "dpo_gold_reward_mean", "gold reward, DPO (mean of 3 seeds)", "{:.2f}"),
