@@ -430,3 +430,21 @@ for _a in [
                      "data": ["prompts.jsonl"]}),
 ]:
     register(_a)
+
+
+def main(argv=None):
+    """python -m course_lib.checkpoints [NAME ...]: build (or check) the named artefacts, default all of them.
+
+    CI runs it before the tests, so that no notebook cell spends minutes training under nbval's watchdog."""
+    names = list(sys.argv[1:] if argv is None else argv) or list(ARTEFACTS)
+    for name in names:
+        artefact(name)  # an unknown name fails before anything is trained
+    for name in names:
+        t = time.perf_counter()
+        folder = ensure(name, progress=False)
+        print(f"{name:14s} ready in {time.perf_counter() - t:6.1f} s  {folder}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -202,3 +202,14 @@ def test_clear_errors(cache, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         C.load_model(str(tmp_path / "empty"))
+
+
+def test_the_command_line_builds_named_artefacts_and_refuses_unknown_ones(monkeypatch, capsys):
+    built = []
+    monkeypatch.setattr(C, "ensure", lambda name, progress=True: built.append((name, progress)) or f"/cache/{name}")
+    assert C.main(["sft", "base"]) == 0 and built == [("sft", False), ("base", False)]
+    assert "sft" in capsys.readouterr().out
+    built.clear()
+    with pytest.raises(ValueError, match="unknown artefact 'nope'"):
+        C.main(["sft", "nope"])
+    assert built == []  # nothing is trained when any name is wrong
