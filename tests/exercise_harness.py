@@ -18,7 +18,10 @@ import torch.nn.functional as F
 from course_lib import exercises as E
 from course_lib.exercises.learner import notebooks
 
-SOLUTION_GLOBALS = {"torch": torch, "math": math, "F": F, "nn": nn}  # what a solution cell may use unimported
+from course_lib import world as W
+
+# what a solution cell may use without importing it (the notebooks' common imports)
+SOLUTION_GLOBALS = {"torch": torch, "math": math, "F": F, "nn": nn, "W": W}
 
 
 def run_check(exercise_id, fn):
@@ -59,7 +62,7 @@ def solution_cells():
 
 
 def notebook_solution(exercise_id):
-    """The function the notebook's own solution cell defines (run alone, with torch, math, F and nn)."""
+    """The function the notebook's own solution cell defines (run alone, with SOLUTION_GLOBALS)."""
     source = solution_cells()[exercise_id]
     namespace = dict(SOLUTION_GLOBALS)
     exec(compile(source, f"<solution {exercise_id}>", "exec"), namespace)

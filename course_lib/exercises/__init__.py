@@ -154,7 +154,7 @@ def close(a, b, atol=1e-5, rtol=1e-4):
         return False
     if a.dtype == torch.bool or b.dtype == torch.bool:
         return bool(torch.equal(a.bool(), b.bool()))
-    return bool(torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol, equal_nan=False))
+    return bool(torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol, equal_nan=True))  # nan only where a mistake has it
 
 
 def expect_close(got, want, what, mistakes=(), atol=1e-5, rtol=1e-4, otherwise=""):

@@ -4,19 +4,21 @@
     show ID          one exercise's task and hint
     learner          write the learner's versions into notebooks/learner/
     learner --check  exit 1 if a committed learner's version differs from what would be written
+    sync             rewrite the exercises' markdown cells in the notebooks from the registry (task, hint)
 """
 import argparse
 import sys
 
 from . import KINDS, STARS, get, registry
-from .learner import LEARNER_DIR, write_learner_versions
+from .learner import LEARNER_DIR, sync_markdown, write_learner_versions
 
 
 def _first_sentence(text):
     return text.split(". ")[0].rstrip(".") + "."
 
 
-def list_exercises(out=sys.stdout):
+def list_exercises(out=None):
+    out = out or sys.stdout
     reg = registry()
     for ex in reg.values():
         print(f"{ex.id:32s} {ex.notebook:30s} {STARS[ex.stars]:3s} {ex.minutes:3d} min  {ex.kind:9s} "
@@ -39,6 +41,7 @@ def main(argv=None):
     s.add_argument("id")
     ln = sub.add_parser("learner", help="write the learner's versions")
     ln.add_argument("--check", action="store_true", help="only compare; exit 1 if any differs")
+    sub.add_parser("sync", help="rewrite the exercises' markdown cells from the registry")
     a = p.parse_args(argv)
     if a.command == "list":
         list_exercises()
@@ -48,6 +51,9 @@ def main(argv=None):
         except KeyError as e:
             raise SystemExit(str(e.args[0]))
         print(f"{ex.label}  ({ex.notebook}, {ex.kind}: {KINDS[ex.kind]})\n{ex.signature}\n\n{ex.task}\n\nHint: {ex.hint}")
+    elif a.command == "sync":
+        changed = sync_markdown()
+        print(f"rewrote the exercise cells of {len(changed)} notebook(s)" + "".join(f"\n  {c}" for c in changed))
     else:
         stale = write_learner_versions(check=a.check)
         if a.check and stale:

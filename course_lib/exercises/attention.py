@@ -107,16 +107,15 @@ def _causal_dtype(fn):
 
 @causal_ex.check
 def _causal_values(fn):
-    for T in (1, 5, 9):
+    for T in (5, 9, 1):
         want = A.causal_mask(T)
         m = fn(T)
         expect_close(m, want, f"causal_mask({T})", mistakes=[
-            (~want, f"causal_mask({T}) is inverted: True must mean *may attend* (j ≤ i), as in torch's SDPA"),
+            (~want, f"causal_mask({T}) is inverted: it marks the blocked keys (True = masked is nn.MultiheadAttention's "
+                    "convention); here True must mean *may attend* (j ≤ i), as in torch's SDPA"),
             (want.T, f"in causal_mask({T}) position 0 can see position {T - 1}: the mask lets a token attend to the "
                      "future (rows are queries, columns keys: keep the lower triangle)"),
-            (want.tril(-1), f"causal_mask({T}) blocks the diagonal: a token may attend to itself (j = i)"),
-            (~want.T, f"causal_mask({T}) marks the strictly-future keys: that is the blocked set (True = masked, "
-                      "nn.MultiheadAttention's convention); return its complement")])
+            (want.tril(-1), f"causal_mask({T}) blocks the diagonal: a token may attend to itself (j = i)")])
 
 
 # ------------------------------------------------------------------ 01.attention

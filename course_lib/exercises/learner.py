@@ -110,6 +110,25 @@ def render(nb):
     return nbformat.writes(nb) + "\n"
 
 
+def sync_markdown():
+    """Rewrite every exercise's markdown cell in the committed notebooks from the registry; return paths changed."""
+    from . import get
+    changed = []
+    for path in notebooks():
+        nb = nbformat.read(str(path), as_version=4)
+        dirty = False
+        for cell in nb.cells:
+            gid = cell.metadata.get("nbgrader", {}).get("grade_id", "")
+            if cell.cell_type == "markdown" and gid.endswith(".task"):
+                text = exercise_markdown(get(gid[:-len(".task")]))
+                if cell.source != text:
+                    cell.source, dirty = text, True
+        if dirty:
+            path.write_text(render(nb), encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
 def write_learner_versions(check=False):
     """Write (or, with check=True, compare) every learner's version; return the paths that differ."""
     stale = []
