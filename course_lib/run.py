@@ -190,14 +190,51 @@ def headline_table(metrics_by_notebook):
     return "\n".join(lines)
 
 
+INSTRUCTORS_START, INSTRUCTORS_END = "<!-- instructors:start -->", "<!-- instructors:end -->"
+READ_WORDS_PER_MINUTE = 150   # technical prose, read with care ...
+READ_MINUTES_PER_CODE_CELL = 0.5  # ... plus half a minute for each code cell read
+
+
+def reading_minutes(path):
+    """Minutes to read a notebook: its prose at READ_WORDS_PER_MINUTE plus READ_MINUTES_PER_CODE_CELL a code cell."""
+    nb = nbformat.read(str(path), as_version=4)
+    words = sum(len(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
+    code = sum(c.cell_type == "code" for c in nb.cells)
+    return words / READ_WORDS_PER_MINUTE + READ_MINUTES_PER_CODE_CELL * code
+
+
+def _duration(seconds):
+    return "–" if not isinstance(seconds, (int, float)) else f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def instructor_table(metrics_by_notebook, folder=NOTEBOOKS_DIR):
+    """Per notebook: minutes to read, the measured run time (default parameters), the exercises and their minutes."""
+    from .exercises import STARS, registry
+    reg = registry()
+    lines = ["| # | notebook | read | run (measured) | exercises (★ count) | exercise time |", "|---|---|---|---|---|---|"]
+    for path in find_notebooks([], folder):
+        mine = [ex for ex in reg.values() if ex.notebook == path.stem]
+        stars = ", ".join(f"{sum(ex.stars == s for ex in mine)} {STARS[s]}" for s in STARS)
+        run = metrics_by_notebook.get(path.stem, {}).get("notebook_seconds")
+        lines.append(f"| {path.stem[:2]} | {path.stem[3:].replace('_', ' ')} | {reading_minutes(path):.0f} min | "
+                     f"{_duration(run)} | {len(mine)} ({stars}) | {sum(ex.minutes for ex in mine)} min |")
+    return "\n".join(lines)
+
+
+def _fill(text, start, end, body, path):
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} section to fill")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def update_readme(path, metrics_by_notebook):
-    """Rewrite the README's results section between its markers; returns True if it changed."""
+    """Rewrite the README's results and instructors' tables between their markers; returns True if it changed."""
     text = Path(path).read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{path} has no {README_START} ... {README_END} section to fill")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    new = f"{head}{README_START}\n{headline_table(metrics_by_notebook)}\n{README_END}{tail}"
+    new = _fill(text, README_START, README_END, headline_table(metrics_by_notebook), path)
+    if INSTRUCTORS_START in new:
+        new = _fill(new, INSTRUCTORS_START, INSTRUCTORS_END, instructor_table(metrics_by_notebook), path)
     Path(path).write_text(new)
     return new != text
 

@@ -213,3 +213,12 @@ def test_the_command_line_builds_named_artefacts_and_refuses_unknown_ones(monkey
     with pytest.raises(ValueError, match="unknown artefact 'nope'"):
         C.main(["sft", "nope"])
     assert built == []  # nothing is trained when any name is wrong
+
+
+def test_prepare_reports_every_artefact_and_the_total(capsys):
+    from course_lib import prepare
+    assert prepare.main(["preferences"]) == 0
+    out = capsys.readouterr().out
+    assert "preferences" in out and "1 artefacts ready in" in out
+    with pytest.raises(ValueError, match="unknown artefact"):
+        prepare.main(["no_such_artefact"])

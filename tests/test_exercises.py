@@ -177,3 +177,9 @@ def test_cli_list_and_show():
 
 def test_every_solution_cell_is_a_registered_exercise():
     assert set(solution_cells()) <= set(REG)
+
+
+def test_strict_mode_fails_an_untouched_stub(monkeypatch):
+    monkeypatch.setenv("COURSE_STRICT_CHECKS", "1")
+    with pytest.raises(AssertionError, match="not attempted"):
+        E.check("01.causal_mask", stub)

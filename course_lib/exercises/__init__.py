@@ -15,7 +15,9 @@ solution between nbgrader's ``### BEGIN SOLUTION`` / ``### END SOLUTION`` marker
 - meets the untouched stub: prints "not attempted yet" and returns False, and the notebook goes on with
   the library's tested twin (``reference(exercise_id)``), so skipping an exercise never breaks a later cell.
 
-``python -m course_lib.exercises list`` prints every exercise; ``show ID`` its task and hint.
+With ``COURSE_STRICT_CHECKS=1`` in the environment (for grading, e.g. ``nbgrader autograde``) an untouched stub
+fails its check instead. ``python -m course_lib.exercises list`` prints every exercise; ``show ID`` its task and
+hint.
 The checks of notebook NN live in the module named after its idea (``attention`` for 01, ...); each check
 compares the learner's function with the library's twin on inputs it makes, and names the mistake when the
 output matches a known wrong answer (softmax over the wrong axis, a missing scale, an inverted mask, ...).
@@ -23,6 +25,7 @@ output matches a known wrong answer (softmax over the wrong axis, a missing scal
 from dataclasses import dataclass, field
 import importlib
 import math
+import os
 
 import torch
 
@@ -122,6 +125,8 @@ def check(exercise_id, fn):
         try:
             c(fn)
         except NotImplementedError:
+            if os.environ.get("COURSE_STRICT_CHECKS") == "1":  # grading (nbgrader autograde): a stub earns nothing
+                raise AssertionError(f"{ex.id}: not attempted (the stub raises NotImplementedError)") from None
             print(f"… {ex.id}: not attempted yet — the notebook continues with the reference")
             return False
         except Wrong as w:
