@@ -90,37 +90,11 @@ def _online_blocks(fn):
 def _tiled_ref(q, k, v, block_q, block_k, is_causal=False, on_tile=None):
     """The notebook's tiled loop (section 3), on any leading dimensions, with its on_tile hook; course_lib.flash's
     flash_attention_forward is its tested twin on (B, H, T, d) tensors (the checks compare with it)."""
-    T_q, T_k, scale = q.shape[-2], k.shape[-2], 1 / math.sqrt(q.shape[-1])
-    out = q.new_empty(*q.shape[:-1], v.shape[-1])
-    lse = q.new_empty(q.shape[:-1])
-    for qs in range(0, T_q, block_q):
-        Qi = q[..., qs:qs + block_q, :]
-        m = torch.full((*Qi.shape[:-1], 1), -math.inf, dtype=q.dtype)
-        l = torch.zeros_like(m)
-        acc = torch.zeros(*Qi.shape[:-1], v.shape[-1], dtype=q.dtype)
-        k_end = min(qs + Qi.shape[-2], T_k) if is_causal else T_k
-        for ks in range(0, k_end, block_k):
-            Kj, Vj = k[..., ks:min(ks + block_k, k_end), :], v[..., ks:min(ks + block_k, k_end), :]
-            S = Qi @ Kj.transpose(-2, -1) * scale
-            if is_causal:
-                rows = torch.arange(qs, qs + S.shape[-2])[:, None]
-                cols = torch.arange(ks, ks + S.shape[-1])[None, :]
-                S = S.masked_fill(cols > rows, -math.inf)
-            m_new = torch.maximum(m, S.amax(-1, keepdim=True))
-            P = torch.exp(S - m_new)
-            alpha = torch.exp(m - m_new)
-            l = alpha * l + P.sum(-1, keepdim=True)
-            acc = alpha * acc + P @ Vj
-            m = m_new
-            if on_tile is not None:
-                on_tile(qs, ks, m, l, acc)
-        out[..., qs:qs + block_q, :] = acc / l
-        lse[..., qs:qs + block_q] = (m + torch.log(l)).squeeze(-1)
-    return out, lse
+    return _tiled(q, k, v, block_q, block_k, is_causal, on_tile=on_tile)
 
 
-def _tiled_wrong(q, k, v, bq, bk, causal, variant):
-    """The tiled loop with one plausible mistake: (out, lse)."""
+def _tiled(q, k, v, bq, bk, causal, variant=None, on_tile=None):
+    """The tiled loop: (out, lse); with `variant`, the same loop with one plausible mistake (see _TILED_HINTS)."""
     T_q, T_k, scale = q.shape[-2], k.shape[-2], 1 / math.sqrt(q.shape[-1])
     outs, lses = [], []
     for qs in range(0, T_q, bq):
@@ -142,6 +116,8 @@ def _tiled_wrong(q, k, v, bq, bk, causal, variant):
             l = (l if variant == "l_not_rescaled" else alpha * l) + P.sum(-1, keepdim=True)
             acc = (acc if variant == "acc_not_rescaled" else alpha * acc) + P @ Vj
             m = m_new
+            if on_tile is not None:
+                on_tile(qs, ks, m, l, acc)
         outs.append(acc / l)
         lse_block = {"lse_no_max": torch.log(l), "lse_no_log": m + l}.get(variant, m + torch.log(l))
         lses.append(lse_block.squeeze(-1))
@@ -168,12 +144,12 @@ def _tiled_case(fn, q, k, v, bq, bk, causal, what):
                                           block_k=bk)[1].reshape(q.shape[:-1])
     want_out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     tol = 1e-10 if q.dtype == torch.float64 else 1e-5
-    mistakes = [(_tiled_wrong(q, k, v, bq, bk, causal, name)[0], hint) for name, hint in _TILED_HINTS.items()
+    mistakes = [(_tiled(q, k, v, bq, bk, causal, name)[0], hint) for name, hint in _TILED_HINTS.items()
                 if causal or name != "no_mask"]
     expect_close(out, want_out, f"out of {what}", mistakes=mistakes, atol=tol)
-    lse_mistakes = [(_tiled_wrong(q, k, v, bq, bk, causal, "lse_no_max")[1],
+    lse_mistakes = [(_tiled(q, k, v, bq, bk, causal, "lse_no_max")[1],
                      "lse misses the max: the log-sum-exp is m + log(l), since l = Σ exp(s - m)"),
-                    (_tiled_wrong(q, k, v, bq, bk, causal, "lse_no_log")[1], "lse = m + l: take the log, m + log(l)")]
+                    (_tiled(q, k, v, bq, bk, causal, "lse_no_log")[1], "lse = m + l: take the log, m + log(l)")]
     expect_close(lse, want_lse.to(lse.dtype) if isinstance(lse, torch.Tensor) else want_lse, f"lse of {what}",
                  mistakes=lse_mistakes, atol=tol,
                  otherwise="lse (..., T_q) is the log-sum-exp of each query's scaled scores: m + log(l), squeezed.")
