@@ -25,10 +25,9 @@ def main(argv=None):
     bar = tqdm(names, unit="artefact", desc="preparing", file=sys.stdout)
     for name in bar:
         bar.set_postfix_str(name)
-        folder = checkpoints.path(name)
-        was_ready = folder.exists() and checkpoints._valid(name, folder)
-        t = time.perf_counter()
-        checkpoints.ensure(name, progress=False)
+        t, started = time.perf_counter(), time.time()
+        folder = checkpoints.ensure(name, progress=False)  # a missing or corrupt artefact is (re)built
+        was_ready = folder.stat().st_mtime < started         # a folder written now was built now
         built += not was_ready
         bar.write(f"{name:14s} {'cached' if was_ready else 'built '} {time.perf_counter() - t:7.1f} s  "
                   f"({checkpoints.artefact(name).doc})")

@@ -23,6 +23,7 @@ import papermill as pm
 from nbconvert import HTMLExporter
 
 from . import report
+from .exercises import STARS, registry
 from .paths import BUILD_DIR, NOTEBOOKS_DIR, metrics_dir
 
 
@@ -209,7 +210,6 @@ def _duration(seconds):
 
 def instructor_table(metrics_by_notebook, folder=NOTEBOOKS_DIR):
     """Per notebook: minutes to read, the measured run time (default parameters), the exercises and their minutes."""
-    from .exercises import STARS, registry
     reg = registry()
     lines = ["| # | notebook | read | run (measured) | exercises (★ count) | exercise time |", "|---|---|---|---|---|---|"]
     for path in find_notebooks([], folder):

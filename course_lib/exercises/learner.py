@@ -20,6 +20,7 @@ from pathlib import Path
 
 import nbformat
 
+from . import get
 from ..paths import NOTEBOOKS_DIR
 
 LEARNER_DIR = NOTEBOOKS_DIR / "learner"
@@ -112,7 +113,6 @@ def render(nb):
 
 def sync_markdown():
     """Rewrite every exercise's markdown cell in the committed notebooks from the registry; return paths changed."""
-    from . import get
     changed = []
     for path in notebooks():
         nb = nbformat.read(str(path), as_version=4)
