@@ -221,6 +221,21 @@ def instructor_table(metrics_by_notebook, folder=NOTEBOOKS_DIR):
     return "\n".join(lines)
 
 
+RUNTIME_START, RUNTIME_END = "<!-- runtime -->", "<!-- /runtime -->"
+
+
+def stamp_runtime(nb, seconds, name="notebook"):
+    """Write the measured run time between the runtime markers of the notebook's first cell (its header):
+    the one place a notebook states how long it takes, refreshed by every `--update`."""
+    head = nb.cells[0]
+    if RUNTIME_START not in head.source or RUNTIME_END not in head.source:
+        raise ValueError(f"{name}: its first cell needs '{RUNTIME_START}...{RUNTIME_END}' around the run time")
+    if isinstance(seconds, (int, float)):
+        head.source = _fill(head.source, RUNTIME_START, RUNTIME_END, f"about {_duration(seconds)}", name) \
+            .replace(f"{RUNTIME_START}\n", RUNTIME_START).replace(f"\n{RUNTIME_END}", RUNTIME_END)
+    return nb
+
+
 def _fill(text, start, end, body, path):
     if start not in text or end not in text:
         raise ValueError(f"{path} has no {start} ... {end} section to fill")
@@ -263,6 +278,7 @@ def main(argv=None):
             print(f"\n{path.name} FAILED {error}\n", file=sys.stderr, flush=True)
         elif args.update:
             nb = _strip_run_metadata(nbformat.read(str(args.out / path.name), as_version=4))
+            stamp_runtime(nb, report.load(path.stem).get("notebook_seconds"), path.name)
             nbformat.write(nb, str(path))
         rows.append({"notebook": path.stem, "seconds": seconds, "status": status, "metrics": report.load(path.stem)})
     _update_summary(rows)

@@ -1,5 +1,6 @@
 """The course's machinery: offline settings, metrics, the headless runner, the doctor, notebook hygiene."""
 import ast
+import re
 import importlib
 import inspect
 import json
@@ -209,6 +210,8 @@ def test_notebook_conventions(path):
     assert "parameters" in tags, "a papermill parameters cell"
     first = nb.cells[0].source.lower()
     assert "you will learn" in first and "runtime" in first, "opens with goals and a runtime estimate"
+    assert re.search(r"<!-- runtime -->about [0-9.]+ (s|min)<!-- /runtime -->", nb.cells[0].source), \
+        "the run time is the runner's measurement, stamped between the runtime markers by --update"
     assert any("summary" in c.source.lower() for c in nb.cells if c.cell_type == "markdown")
     assert any("references" in c.source.lower() for c in nb.cells if c.cell_type == "markdown")
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -217,6 +220,19 @@ def test_notebook_conventions(path):
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors, "saved with an error output"
     assert "report.start(" in "".join(c.source for c in code), "records its metrics"
+
+
+def test_runtime_is_stamped_from_the_measurement():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+        f"you will learn\n**Runtime:** {run.RUNTIME_START}about 9 min{run.RUNTIME_END} on 2 cores.")])
+    run.stamp_runtime(nb, 125.0)
+    assert f"{run.RUNTIME_START}about 2.1 min{run.RUNTIME_END} on 2 cores." in nb.cells[0].source
+    run.stamp_runtime(nb, 12.4)
+    assert f"{run.RUNTIME_START}about 12 s{run.RUNTIME_END}" in nb.cells[0].source
+    run.stamp_runtime(nb, None)  # no measurement recorded: the last one stays
+    assert "about 12 s" in nb.cells[0].source
+    with pytest.raises(ValueError, match="runtime"):
+        run.stamp_runtime(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("no markers")]), 3.0)
 
 
 def test_readme_results_come_from_recorded_metrics(tmp_path):
