@@ -1,6 +1,7 @@
 """What every notebook keeps for the learner's sake: a `quick` preset, CI bookkeeping in one cell at the end,
 nbval's output checks as cell tags (not comments in the code the learner reads)."""
 import ast
+import re
 
 import nbformat
 import pytest
@@ -36,3 +37,18 @@ def test_metrics_are_recorded_in_one_cell_at_the_end(path):
 def test_output_checks_are_tags_not_comments(path):
     for c in _code(path):
         assert "NBVAL_" not in c.source, c.source[:120]
+
+
+SCAFFOLDING = re.compile(r"(?i)\bthe guide\b|\bguide['’]s\b|GuideMultiHead|->\s*met\b|target\b.{0,40}\bmet\b")
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_no_author_scaffolding_in_the_learners_view(path):
+    """Learners never saw the concept guide the course grew from, nor its targets: a notebook states each claim
+    itself ("a common claim is that ..."), in its prose, its code and its saved outputs."""
+    nb = nbformat.read(str(path), as_version=4)
+    texts = [c.source for c in nb.cells]
+    texts += [o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+              for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream"]
+    found = [m.group(0) for t in texts for m in SCAFFOLDING.finditer(t)]
+    assert not found, found
