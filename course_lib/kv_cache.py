@@ -144,14 +144,16 @@ def dequantize_kv(codes, scales):
 
 
 # Attention shapes of published models, from each model's config.json on the Hugging Face Hub
-# (d_head = hidden size / attention heads). max_context is the trained context length.
+# (d_head = hidden size / attention heads). max_context is config.json's max_position_embeddings, the trained
+# context for all but Mistral-7B: v0.1 (Jiang et al. 2023, Table 1) was trained with context_len 8192 and a
+# sliding window of 4096, and its config's 32768 is a RoPE limit; the 32k context without a window is v0.2's.
 PUBLISHED_CONFIGS = {
     "GPT-2 small": dict(n_layers=12, n_heads=12, n_kv_heads=12, d_head=64, max_context=1024),  # MHA
     "Llama-2-7B": dict(n_layers=32, n_heads=32, n_kv_heads=32, d_head=128, max_context=4096),  # MHA
     "Llama-2-70B": dict(n_layers=80, n_heads=64, n_kv_heads=8, d_head=128, max_context=4096),  # GQA-8
     "Llama-3-8B": dict(n_layers=32, n_heads=32, n_kv_heads=8, d_head=128, max_context=8192),  # GQA-8
     "Mistral-7B": dict(n_layers=32, n_heads=32, n_kv_heads=8, d_head=128, max_context=32768,
-                       window=4096),  # GQA-8; v0.1: sliding window of 4096 (Jiang et al. 2023), rolling cache
+                       window=4096),  # GQA-8; v0.1: sliding window of 4096 (Jiang et al. 2023), rolling cache; v0.2: none
     "Falcon-7B": dict(n_layers=32, n_heads=71, n_kv_heads=1, d_head=64, max_context=2048),  # MQA
 }
 
@@ -175,7 +177,10 @@ def human_bytes(n):
 
 
 class KVCache:
-    """Per-layer keys and values, each (B, n_kv_heads, T_so_far, d_head), grown as tokens arrive."""
+    """Per-layer keys and values, each (B, n_kv_heads, T_so_far, d_head), grown as tokens arrive.
+
+    Taught inline in notebook 02 §2 (`update` and the position / causal-mask offset of `GPT.forward`, with the
+    bug of forgetting the offset); the notebook measures the bytes it holds with `course_lib.memory.memory_held`."""
 
     def __init__(self, n_layers):
         if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:

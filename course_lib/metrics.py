@@ -137,3 +137,40 @@ def exact_kl(policy, ref, gen):
     lp = torch.log_softmax(policy(gen.ids, attention_mask=gen.mask).logits[:, gen.prompt_len - 1:-1].float(), -1)
     lq = torch.log_softmax(ref(gen.ids, attention_mask=gen.mask).logits[:, gen.prompt_len - 1:-1].float(), -1)
     return ((lp.exp() * (lp - lq)).sum(-1) * gen.response_mask).sum(-1)
+
+
+def t_quantile(p, df):
+    """The p-quantile of Student's t distribution with df degrees of freedom (4.303 for p = 0.975, df = 2):
+    the factor of a t interval, mean ± t_quantile(0.975, n - 1) · s / √n. Computed, not tabulated: the
+    t density integrated by Simpson's rule and the cdf inverted by bisection (no scipy needed)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p < 1.0:
+        raise ValueError(f"p must be a probability strictly between 0 and 1 (0.975 for a 95% interval), got {p!r}")
+    if isinstance(df, bool) or not isinstance(df, (int, float)) or not math.isfinite(df) or df <= 0:
+        raise ValueError(f"df must be a positive number of degrees of freedom (n - 1 for n values), got {df!r}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t, n=2000):  # 1/2 + the integral of the density from 0 to t (Simpson, n even)
+        f = lambda x: math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df))
+        h = t / n
+        s = f(0.0) + f(t) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, n))
+        return 0.5 + s * h / 3
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def rate_difference(k1, n1, k2, n2):
+    """(d, lo, hi): the difference d = k2/n2 - k1/n1 of two independent rates and its 95% interval by
+    Newcombe's hybrid score method (Newcombe 1998, method 10), built from each rate's Wilson interval.
+    Unlike the normal approximation it stays inside [-1, 1] and is sensible at rates of 0 or 1."""
+    (l1, u1), (l2, u2) = wilson_interval(k1, n1), wilson_interval(k2, n2)  # validates k and n
+    p1, p2 = k1 / n1, k2 / n2
+    d = p2 - p1
+    return d, d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2), d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)

@@ -194,7 +194,10 @@ class GPT(PreTrainedModel, GenerationMixin):
                 past_key_values=None, **kwargs):
         """input_ids (B, T) -> logits (B, T, vocab). attention_mask (B, past + T): 1 = real token, 0 = padding.
 
-        With `cache` (a `KVCache` or a transformers `Cache`), only the new tokens are passed."""
+        With `cache` (a `KVCache` or a transformers `Cache`), only the new tokens are passed: they are tokens
+        past .. past + T - 1 (past = the cached length), so their positions are arange(past, past + T) and the
+        causal mask is shifted, causal_mask(T, past + T, offset=past). Taught inline in notebook 02 §2, which
+        also shows what forgetting either offset does."""
         cache = past_key_values if cache is None else cache
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError(f"input_ids must be a (batch, T) tensor of token ids, got "

@@ -41,3 +41,21 @@ def test_memory_depends_on_nothing_else_in_course_lib():
             assert node.level == 0 and not (node.module or "").startswith("course_lib"), ast.unparse(node)
         elif isinstance(node, ast.Import):
             assert not any(a.name.startswith("course_lib") for a in node.names), ast.unparse(node)
+
+
+def test_memory_held_counts_what_the_call_keeps_not_its_temporaries():
+    store = []
+
+    def keep_one(n):
+        tmp = torch.ones(4 * n)  # 16n bytes, freed on return
+        store.append(torch.zeros(n, dtype=torch.float64))  # 8n bytes, kept in a list the caller holds
+        return tmp[:n].clone()  # 4n bytes, returned
+
+    result, held, peak = memory.memory_held(keep_one, 10_000)
+    assert result.shape == (10_000,) and len(store) == 1
+    assert abs(held - (4 + 8) * 10_000) <= 64, held
+    assert peak >= held + 16 * 10_000 - 64, peak
+    _, nothing, _ = memory.memory_held(lambda: None)
+    assert nothing == 0
+    with pytest.raises(ValueError, match="fn must be callable"):
+        memory.memory_held(torch.ones(3))

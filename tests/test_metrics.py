@@ -119,3 +119,36 @@ def test_paired_bootstrap_brackets_the_mean_difference_and_says_inconclusive():
     assert metrics.verdict(0.1, 0.2, "rises", "falls") == "rises" and metrics.verdict(-0.2, -0.1, "rises", "falls") == "falls"
     with pytest.raises(ValueError, match="same length"):
         metrics.paired_bootstrap([1, 2], [1])
+
+
+def test_t_quantile_matches_the_t_table_and_scipy():
+    table = {1: 12.706, 2: 4.303, 4: 2.776, 10: 2.228, 30: 2.042}  # two-sided 95%: t(0.975, df)
+    for df, t in table.items():
+        assert metrics.t_quantile(0.975, df) == pytest.approx(t, abs=1e-3)
+    assert metrics.t_quantile(0.975, 10_000) == pytest.approx(1.960, abs=1e-3)  # the normal's
+    assert metrics.t_quantile(0.5, 3) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.t_quantile(0.025, 2) == pytest.approx(-metrics.t_quantile(0.975, 2))
+    try:
+        from scipy import stats
+    except ImportError:
+        stats = None
+    if stats is not None:
+        for p, df in ((0.975, 2), (0.9, 5), (0.995, 7), (0.975, 2.5)):
+            assert metrics.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-6)
+    for bad in (0.0, 1.0, 1.5, True):
+        with pytest.raises(ValueError, match="p must be a probability"):
+            metrics.t_quantile(bad, 2)
+    for bad in (0, -1, float("inf"), True):
+        with pytest.raises(ValueError, match="df must be a positive"):
+            metrics.t_quantile(0.975, bad)
+
+
+def test_rate_difference_matches_newcombes_worked_example():
+    # Newcombe (1998), Statistics in Medicine 17:873, example (a): 56/70 - 48/80, method 10 -> 0.0524 to 0.3339
+    d, lo, hi = metrics.rate_difference(48, 80, 56, 70)
+    assert d == pytest.approx(0.2) and lo == pytest.approx(0.0524, abs=1e-4) and hi == pytest.approx(0.3339, abs=1e-4)
+    assert metrics.rate_difference(56, 70, 48, 80) == pytest.approx((-0.2, -hi, -lo))  # swapping the rates mirrors it
+    d, lo, hi = metrics.rate_difference(0, 10, 10, 10)
+    assert d == 1.0 and 0 < lo < 1 and hi == 1.0
+    with pytest.raises(ValueError, match="n must be a positive"):
+        metrics.rate_difference(0, 0, 1, 2)
