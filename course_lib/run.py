@@ -269,7 +269,9 @@ def main(argv=None):
 
     paths = find_notebooks(args.notebooks)
     parameters = {name: parse_value(value) for name, value in args.parameter}
-    os.environ.setdefault("COURSE_METRICS_DIR", str(metrics_dir()))
+    # a run with other parameters (the quick preset, another seed) records beside its outputs, never over the
+    # course's recorded results, which the README and the notebooks' headers are written from
+    os.environ.setdefault("COURSE_METRICS_DIR", str(args.out / "metrics" if parameters else metrics_dir()))
     rows = []
     for path in paths:
         print(f"running {path.name} ...", flush=True)

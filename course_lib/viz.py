@@ -2,8 +2,11 @@
 import matplotlib.pyplot as plt
 
 
-def attention_heatmap(ax, weights, query_labels=None, key_labels=None, title=None, cmap="viridis"):
-    """Draw one (T_q, T_k) attention matrix: rows are queries, columns the keys they attend to."""
+def attention_heatmap(ax, weights, query_labels=None, key_labels=None, title=None, cmap="viridis", vmax=None):
+    """Draw one (T_q, T_k) attention matrix: rows are queries, columns the keys they attend to.
+
+    The colour scale runs from 0 to vmax; vmax=None uses this matrix's largest weight (the most contrast for one
+    map), vmax=1.0 puts several maps on one scale, so that one colorbar reads them all. Returns the image."""
     w = weights.detach().cpu().numpy() if hasattr(weights, "detach") else weights
     if not hasattr(w, "ndim"):
         raise ValueError(f"weights must be a torch tensor or a numpy array, got {type(weights).__name__}")
@@ -14,7 +17,10 @@ def attention_heatmap(ax, weights, query_labels=None, key_labels=None, title=Non
         if labels is not None and len(labels) != n:
             raise ValueError(f"{name} must have one label per {'row' if name[0] == 'q' else 'column'} "
                              f"({n}), got {len(labels)}")
-    im = ax.imshow(w, cmap=cmap, vmin=0.0, vmax=max(float(w.max()), 1e-9), aspect="auto")
+    if vmax is not None and (isinstance(vmax, bool) or not isinstance(vmax, (int, float)) or not vmax > 0):
+        raise ValueError(f"vmax must be None (this matrix's max) or a positive number such as 1.0, got {vmax!r}")
+    top = max(float(w.max()), 1e-9) if vmax is None else float(vmax)
+    im = ax.imshow(w, cmap=cmap, vmin=0.0, vmax=top, aspect="auto")
     if query_labels is not None:
         ax.set_yticks(range(len(query_labels)), query_labels, fontsize=7)
     if key_labels is not None:

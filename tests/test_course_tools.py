@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import course_lib
-from course_lib import attention, bench, doctor, flash, kv_cache, memory, model, preferences, report, run, viz
+from course_lib import attention, bench, doctor, flash, kv_cache, memory, model, paths, preferences, report, run, viz
 from course_lib.bench import flash_rows, format_flash_rows
 from course_lib.paths import NOTEBOOKS_DIR, REPO_ROOT
 
@@ -106,6 +106,20 @@ def test_runner_executes_records_metrics_and_fails_loudly(tmp_path, monkeypatch,
     assert summary["01_good"]["status"] == "ok" and summary["02_bad"]["status"] == "FAILED"
 
 
+def test_a_run_with_other_parameters_records_beside_its_outputs(tmp_path, monkeypatch):
+    """The quick preset (or another seed) must not overwrite the recorded results the README is written from."""
+    nbdir, out, build = tmp_path / "nbs", tmp_path / "quick", tmp_path / "build"
+    nbdir.mkdir()
+    monkeypatch.setenv("COURSE_METRICS_DIR", "unset")   # recorded, so the runner's setdefault is undone after the test
+    monkeypatch.delenv("COURSE_METRICS_DIR")
+    monkeypatch.setattr(paths, "BUILD_DIR", build)   # the course's recorded results: build/metrics/
+    _notebook(nbdir / "01_good.ipynb", ["quick = False", "from course_lib import report\nreport.start('01_good')\n"
+                                        "report.record('quick', quick)"])
+    assert run.main([str(nbdir / "01_good.ipynb"), "-p", "quick", "True", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics" / "01_good.json").read_text())["quick"] is True
+    assert (out / "metrics" / "run_summary.json").exists() and not (build / "metrics").exists()
+
+
 def test_doctor_parses_pins(tmp_path):
     req = tmp_path / "requirements.txt"
     req.write_text("# a comment\ntorch==1.2.3\nnumpy>=1\nfoo_bar == 4.5 ; python_version > '3'\n\nbaz==0.1+cpu  # local\n")
@@ -173,6 +187,10 @@ def test_attention_heatmap_draws_one_matrix_and_checks_it():
             viz.attention_heatmap(ax, w, list("ab"))
         with pytest.raises(ValueError, match="key_labels must have one label per column \\(4\\), got 3"):
             viz.attention_heatmap(ax, w, None, list("xyz"))
+        assert im.get_clim() == (0.0, float(w.max()))          # default: this matrix's own max
+        assert viz.attention_heatmap(ax, w, vmax=1.0).get_clim() == (0.0, 1.0)  # one scale for several maps
+        with pytest.raises(ValueError, match="vmax must be None"):
+            viz.attention_heatmap(ax, w, vmax=0)
     finally:
         plt.close(fig)
 
