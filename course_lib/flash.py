@@ -12,7 +12,7 @@ block by block and never holds more than one (block_q, block_k) tile of scores:
             P    = exp(S - m')                     unnormalised probabilities of this tile
             l    = l * exp(m - m') + rowsum(P)     rescale what came before to the new max
             acc  = acc * exp(m - m') + P V_j
-        O_i = acc / l                              normalise once, at the end
+        O_i = acc / l                              normalise once, at the end (FlashAttention-2; FA1 rescaled O every step)
         L_i = m + log(l)                           log-sum-exp, saved for the backward
 
 The backward recomputes each tile's probabilities from L (P = exp(S - L)) instead of
@@ -37,7 +37,8 @@ import numbers
 import torch
 
 # Chosen for speed on a 2-core CPU with d = 64 (python -m course_lib.bench flash; notebook 03):
-# a 256 x 512 float32 score tile is 512 KiB per head, which stays in a core's L2 cache.
+# a 256 x 512 float32 score tile is 512 KiB per head; with Q_i, acc, K_j, V_j the working set is 896 KiB, more
+# than a 512 KiB L2 but a small part of a last-level cache (notebook 03 section 9 prints this CPU's sizes).
 DEFAULT_BLOCK_Q = 256
 DEFAULT_BLOCK_K = 512
 
