@@ -148,6 +148,10 @@ HEADLINE = [  # (notebook stem prefix, metric, what it says, format)
     ("02", "val_loss_mha", "validation loss, MHA (equal parameters)", "{:.3f}"),
     ("02", "val_loss_gqa", "validation loss, GQA", "{:.3f}"),
     ("02", "val_loss_mqa", "validation loss, MQA", "{:.3f}"),
+    ("02", ("val_loss_gqa_minus_mha", "val_loss_gqa_minus_mha_ci95"), "GQA − MHA validation loss, paired over seeds [± 95% half-width]",
+     "{:+.4f} ± {:.4f}"),
+    ("02", ("val_loss_mqa_minus_mha", "val_loss_mqa_minus_mha_ci95"), "MQA − MHA validation loss, paired over seeds [± 95% half-width]",
+     "{:+.4f} ± {:.4f}"),
     ("03", "flash_max_rel_err_fp32", "tiled FlashAttention vs SDPA, max relative error (fp32)", "{:.1e}"),
     ("03", "naive_peak_bytes_8k", "peak extra memory at T = 8k, standard attention (bytes)", "{:,.0f}"),
     ("03", "tiled_peak_bytes_8k", "peak extra memory at T = 8k, tiled (bytes)", "{:,.0f}"),
@@ -157,7 +161,8 @@ HEADLINE = [  # (notebook stem prefix, metric, what it says, format)
     ("05", "sft_gold_reward_noisy_large", "gold after SFT on 10× more, 50% noisy demonstrations", "{:.2f}"),
     ("05", "sft_harmful_compliance_unseen", "harmful compliance after SFT, forbidden requests never seen in training [95% CI]",
      "{:.2f} [{:.2f}, {:.2f}]"),
-    ("06", "rm_heldout_accuracy", "reward model test accuracy vs labels", "{:.1%}"),
+    ("06", ("rm_heldout_accuracy", "rm_heldout_accuracy_ci"), "reward model test accuracy vs labels [95% CI over test prompts]",
+     "{:.1%} [{:.1%}, {:.1%}]"),
     ("06", "annotator_agreement", "annotators' agreement with each other", "{:.1%}"),
     ("07", "ppo_gold_reward", "gold reward after PPO (β = 0.05)", "{:.2f}"),
     ("07", "ppo_minus_sft_gold_interval", "PPO − SFT gold reward, greedy [95% CI]", "{:+.3f} [{:+.3f}, {:+.3f}]"),
@@ -181,13 +186,16 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 def headline_table(metrics_by_notebook):
     """The README's results table, from recorded metrics ({notebook stem: {metric: value}})."""
     lines = ["| notebook | measurement | value |", "|---|---|---|"]
-    for prefix, name, label, fmt in HEADLINE:
+    for prefix, names, label, fmt in HEADLINE:
         for stem, values in sorted(metrics_by_notebook.items()):
-            value = values.get(name)
-            if stem.startswith(prefix) and isinstance(value, (int, float)):
-                lines.append(f"| {prefix} | {label} | {fmt.format(value)} |")
-            elif stem.startswith(prefix) and isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
-                lines.append(f"| {prefix} | {label} | {fmt.format(*value)} |")  # e.g. a value and its 95% interval
+            if not stem.startswith(prefix):
+                continue
+            flat = []   # one metric, or several (a value, its interval); each a number or a list of numbers
+            for name in (names if isinstance(names, tuple) else (names,)):
+                value = values.get(name)
+                flat += value if isinstance(value, list) else [value]
+            if flat and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
+                lines.append(f"| {prefix} | {label} | {fmt.format(*flat)} |")
     return "\n".join(lines)
 
 

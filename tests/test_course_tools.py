@@ -261,6 +261,11 @@ def test_readme_results_come_from_recorded_metrics(tmp_path):
     assert "| 05 | gold reward after SFT | 1.45 |" in text and "| 07 |" in text and "STALE" not in text
     assert text.startswith("intro\n") and text.endswith("outro\n")
     assert run.README_START in (REPO_ROOT / "README.md").read_text()
+    # a value with its interval, from one metric holding a list or from several metrics; a missing part drops the row
+    table = run.headline_table({"06_rm": {"rm_heldout_accuracy": 0.571, "rm_heldout_accuracy_ci": [0.529, 0.613]},
+                                "02_v": {"val_loss_gqa_minus_mha": 0.0059}})
+    assert "| 06 | reward model test accuracy vs labels [95% CI over test prompts] | 57.1% [52.9%, 61.3%] |" in table
+    assert "GQA − MHA" not in table
     plain = tmp_path / "plain.md"
     plain.write_text("no section\n")
     with pytest.raises(ValueError, match="no <!-- results:start -->"):
