@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import chat
+from . import world as W
 from .memory import peak_memory
 from .training import BatchSampler, adamw, check_int, check_step_settings, optimizer_step, run_loop
 
@@ -96,6 +97,15 @@ def precompute_reference_logprobs(ref_model, tokenizer, pairs, batch_size=64):
         chosen.append(c)
         rejected.append(r)
     return torch.cat(chosen).float().cpu(), torch.cat(rejected).float().cpu()
+
+
+def trl_preference_rows(pairs):
+    """The pairs in TRL's standard (non-conversational) preference format, tokenised by TRL's DPOTrainer into
+    exactly the token ids of `pair_logprobs`: the prompt in the course's chat format, each completion " " + response
+    (TRL appends the EOS token, as `chat.response_example` does). Used by notebook 08's TRL cell and tests/test_dpo.py."""
+    _check_pairs(pairs)
+    return [{"prompt": W.chat_prompt(p["prompt"]), "chosen": " " + p["chosen"], "rejected": " " + p["rejected"]}
+            for p in pairs]
 
 
 def _check_ref_logps(ref_logps, n):

@@ -202,8 +202,9 @@ def test_same_loss_and_gradients_as_trl_dpo_trainer(tok, tmp_path):
                                                             beta)
     losses.mean().backward()
 
-    rows = [{"prompt": W.chat_prompt(p["prompt"]), "chosen": " " + p["chosen"], "rejected": " " + p["rejected"]}
-            for p in PAIRS]
+    rows = dpo.trl_preference_rows(PAIRS)
+    assert rows[0] == {"prompt": W.chat_prompt(PAIRS[0]["prompt"]), "chosen": " " + PAIRS[0]["chosen"],
+                       "rejected": " " + PAIRS[0]["rejected"]}
     args = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", beta=beta,
                      max_length=None, per_device_train_batch_size=len(rows), disable_tqdm=True)
     trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows),
@@ -223,5 +224,7 @@ def test_same_loss_and_gradients_as_trl_dpo_trainer(tok, tmp_path):
     assert abs(metrics["rewards/chosen"][0] - chosen_rewards.mean().item()) < 1e-5
     assert abs(metrics["rewards/margins"][0] - (chosen_rewards - rejected_rewards).mean().item()) < 1e-5
     assert abs(metrics["logps/chosen"][0] - pc.mean().item()) < 1e-4
+    assert abs(metrics["rewards/rejected"][0] - rejected_rewards.mean().item()) < 1e-5
+    assert metrics["rewards/accuracies"][0] == (chosen_rewards > rejected_rewards).float().mean().item()  # ties: wrong
     for a, b in zip(ours.parameters(), policy.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
