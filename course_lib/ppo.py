@@ -131,7 +131,11 @@ class AdaptiveKLController:
 
 
 def best_of_n_kl(n):
-    """Analytic KL of best-of-n sampling from the reference: log n - (n - 1) / n."""
+    """Upper bound on the KL of best-of-n sampling from the reference: log n - (n - 1) / n.
+
+    Exact only when no two samples tie (a reference with no atoms); with ties (identical responses) the KL is lower
+    (Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment policy"). Notebook 07 compares it
+    with a plug-in estimate of the actual KL."""
     n = check_int("n", n)
     return math.log(n) - (n - 1) / n
 
