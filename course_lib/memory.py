@@ -21,11 +21,7 @@ def peak_memory(fn, *args, **kwargs):
     what a library allocates outside PyTorch's allocator (MKL/oneDNN packing buffers and
     workspaces, OpenMP thread stacks) and Python objects, so this is a lower bound on the
     process's peak."""
-    result, events = _allocator_events(fn, args, kwargs)
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
+    result, _, peak = memory_held(fn, *args, **kwargs)
     return result, peak
 
 

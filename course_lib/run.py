@@ -239,8 +239,8 @@ def stamp_runtime(nb, seconds, name="notebook"):
     if RUNTIME_START not in head.source or RUNTIME_END not in head.source:
         raise ValueError(f"{name}: its first cell needs '{RUNTIME_START}...{RUNTIME_END}' around the run time")
     if isinstance(seconds, (int, float)):
-        head.source = _fill(head.source, RUNTIME_START, RUNTIME_END, f"about {_duration(seconds)}", name) \
-            .replace(f"{RUNTIME_START}\n", RUNTIME_START).replace(f"\n{RUNTIME_END}", RUNTIME_END)
+        before, rest = head.source.split(RUNTIME_START, 1)
+        head.source = f"{before}{RUNTIME_START}about {_duration(seconds)}{RUNTIME_END}{rest.split(RUNTIME_END, 1)[1]}"
     return nb
 
 
