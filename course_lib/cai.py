@@ -18,8 +18,11 @@ Critics, interchangeable:
                                    it knows every rule and, unless knows_facts=False, every fact)
 
 The supervised phase (SL-CAI): responses -> `critique_revision_rounds` (a random principle per
-round) -> fine-tune on the final revisions. The AI-feedback phase (RL-CAI / RLAIF): `compare`
-gives soft labels ensembled over principles -> `ai_preference_pairs` -> `course_lib.dpo`.
+round) -> fine-tune on the final revisions. The AI-feedback phase, as Bai et al. (RL-CAI):
+`compare_sampled` (one sampled principle per comparison) labels harmlessness pairs -> with human
+helpfulness comparisons, `train_preference_model` (soft-target Bradley-Terry) -> `course_lib.ppo`.
+A named variant (RLAIF-DPO, `rlaif_dpo`): labels ensembled over principles (`compare_many`) ->
+`ai_preference_pairs` -> `course_lib.dpo`. Both taught in notebook 09 §6-7.
 """
 import copy
 import itertools
@@ -192,6 +195,24 @@ class Critic:
                 total[i] += a / (a + b) if a + b > 0 else 0.5
         return [t / len(principles) for t in total]
 
+    def compare_sampled(self, prompts, responses_a, responses_b, seed=0, principles=None):
+        """Bai et al.'s labels: for each pair ONE principle drawn at random (random.Random(seed)) from
+        `principles` (default: the whole constitution), and P(A better) under it alone.
+        Returns (labels, the principle drawn for each pair). Taught in notebook 09 §6."""
+        _check_lists(prompts, ("responses_a", responses_a), ("responses_b", responses_b))
+        principles = PRINCIPLE_NAMES if principles is None else [check_principle(p) for p in principles]
+        if not principles:
+            raise ValueError("no principles to draw from")
+        rng = random.Random(seed)
+        drawn = [rng.choice(principles) for _ in prompts]
+        labels = [0.5] * len(prompts)
+        for q in sorted(set(drawn)):
+            idx = [i for i, d in enumerate(drawn) if d == q]
+            sub = [[xs[i] for i in idx] for xs in (prompts, responses_a, responses_b)]
+            for i, pr in zip(idx, self.compare_many(*sub, principles=[q])):
+                labels[i] = pr
+        return labels, drawn
+
     def compare(self, prompt, a, b, principle=None):
         return self.compare_many([prompt], [a], [b], None if principle is None else [principle])[0]
 
@@ -203,7 +224,7 @@ class OracleCritic(Critic):
     """The world's rules standing in for a capable LLM. Not a model: it reads the gold rules
     (`world.violated_principles`) and revises by the corpus's revision rule. With knows_facts=False
     it knows every rule but not the knowledge base: it cannot judge or fix the content of
-    look-up answers (the lookup and unknown families) -- the guide's "a critic that does not know a fact"."""
+    look-up answers (the lookup and unknown families): "a critic that does not know a fact cannot fix it", measured."""
 
     def __init__(self, knows_facts=True, name=None):
         self.knows_facts = knows_facts
@@ -364,7 +385,7 @@ def revision_rows(prompts, responses):
     return [{"prompt": p, "response": r} for p, r in zip(prompts, responses) if r.strip()]
 
 
-# ---------------------------------------------------------------- RL-CAI: AI preference labels
+# ---------------------------------------------------------------- AI preference labels (RL-CAI, RLAIF-DPO)
 def _check_probs(probs):
     for p in probs:
         check_number("a label P(A better) (a probability in [0, 1])", p, 0, 1)
@@ -460,13 +481,59 @@ def sample_comparisons(model, tokenizer, prompts, k=4, temperature=1.0, seed=0):
     return out_p, out_a, out_b
 
 
-def rl_cai(policy, tokenizer, critic, prompts, k=4, temperature=1.0, soft=True, beta=0.1, steps=40, batch_size=64,
-           lr=1e-4, seed=0, progress=False):
-    """The AI-feedback phase with DPO in place of a preference model + PPO: k samples per prompt from
+def soft_bradley_terry_loss(rewards_a, rewards_b, p_a):
+    """Mean of -(p log σ(r_a - r_b) + (1 - p) log σ(r_b - r_a)): the Bradley-Terry loss with a soft target
+    p = P(A better) (binary cross-entropy on the pair). p = 1 everywhere is `reward_model.bradley_terry_loss`."""
+    if not rewards_a.shape == rewards_b.shape == p_a.shape or rewards_a.dim() != 1 or rewards_a.numel() == 0:
+        raise ValueError(f"need three (N,) tensors of one shape with N > 0, got {tuple(rewards_a.shape)}, "
+                         f"{tuple(rewards_b.shape)} and {tuple(p_a.shape)}")
+    d = rewards_a - rewards_b
+    return -(p_a * torch.nn.functional.logsigmoid(d) + (1 - p_a) * torch.nn.functional.logsigmoid(-d)).mean()
+
+
+def train_preference_model(pm, rows, epochs=30, lr=1e-2, batch_size=64, seed=0):
+    """Bai et al.'s preference model, with the course's frozen-trunk reward model: train `pm.head` on rows
+    {"prompt", "chosen", "rejected", "p_chosen"} (p_chosen = P(chosen better): 1.0 for a human label, the AI's
+    soft label otherwise) with `soft_bradley_terry_loss`, the trunk's features cached once (as
+    `reward_model.train_reward_model` with its frozen trunk). The head is reset to zeros first; returns
+    {"losses": per step, "seconds"}. Taught inline in notebook 09 §6; the notebook asserts they agree."""
+    from . import reward_model as R
+    check_int("epochs", epochs)
+    check_int("batch_size", batch_size)
+    check_number("lr", lr, 0, low_open=True)
+    if not rows:
+        raise ValueError("no preference rows to train on")
+    R._check_rows(rows, "preference")
+    _check_probs([r.get("p_chosen", float("nan")) for r in rows])
+    t0 = time.perf_counter()
+    fa, fb = R._features(pm, rows, "chosen"), R._features(pm, rows, "rejected")  # (N, H) each, no gradients
+    target = torch.tensor([r["p_chosen"] for r in rows], dtype=fa.dtype)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    torch.nn.init.zeros_(pm.head.weight)
+    torch.nn.init.zeros_(pm.head.bias)
+    opt = torch.optim.AdamW(pm.head.parameters(), lr=lr, weight_decay=0.0)
+    losses = []
+    for _ in range(epochs):
+        order = rng.sample(range(len(rows)), len(rows))
+        for i in range(0, len(order), batch_size):
+            idx = torch.tensor(order[i:i + batch_size])
+            loss = soft_bradley_terry_loss(pm.head(fa[idx]).squeeze(-1), pm.head(fb[idx]).squeeze(-1), target[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    pm.eval()
+    return {"losses": losses, "seconds": time.perf_counter() - t0}
+
+
+def rlaif_dpo(policy, tokenizer, critic, prompts, k=4, temperature=1.0, soft=True, beta=0.1, steps=40, batch_size=64,
+              lr=1e-4, seed=0, label_smoothing=0.0, progress=False):
+    """RLAIF-DPO, a named variant of the AI-feedback phase: DPO in place of a preference model + PPO: k samples per prompt from
     `policy`, every distinct pair labelled by the critic (soft labels ensembled over the constitution),
     then `course_lib.dpo.train_dpo` on a copy of `policy` (the reference is `policy` itself).
-    Returns (the RL-CAI model, log with "pairs", "probs", "ai_labels", "dpo", "seconds")."""
-    cfg = dpo.DPOConfig(beta=beta, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    Returns (the RLAIF-DPO model, log with "pairs", "probs", "ai_labels", "dpo", "seconds")."""
+    cfg = dpo.DPOConfig(beta=beta, steps=steps, batch_size=batch_size, lr=lr, seed=seed, label_smoothing=label_smoothing)
     t0 = time.perf_counter()
     p, a, b = sample_comparisons(policy, tokenizer, prompts, k=k, temperature=temperature, seed=seed)
     if not p:
@@ -474,7 +541,7 @@ def rl_cai(policy, tokenizer, critic, prompts, k=4, temperature=1.0, soft=True, 
     probs = critic.compare_many(p, a, b)
     pairs = ai_preference_pairs(p, a, b, probs, soft=soft, seed=seed)
     model = copy.deepcopy(policy)
-    log = dpo.train_dpo(model, tokenizer, pairs, cfg, progress=progress, desc="RL-CAI (DPO)")
+    log = dpo.train_dpo(model, tokenizer, pairs, cfg, progress=progress, desc="RLAIF-DPO")
     return model, {"prompts": p, "a": a, "b": b, "probs": probs, "pairs": pairs, "ai_labels": len(probs), "dpo": log,
                    "seconds": time.perf_counter() - t0}
 

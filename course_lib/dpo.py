@@ -36,17 +36,28 @@ def _check_beta(beta):
     return float(beta)
 
 
-def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+def _check_label_smoothing(eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < 0.5:
+        raise ValueError(f"label_smoothing must be a number in [0, 0.5) (the probability that a label is flipped; "
+                         f"0 is plain DPO), got {eps!r}")
+    return float(eps)
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+             label_smoothing=0.0):
     """Per-pair DPO losses and implicit rewards.
 
     Each input is (N,): one summed response log-probability per pair. Returns
     (losses, chosen_rewards, rejected_rewards), each (N,):
-        losses           = -logsigmoid(β ((πc - rc) - (πr - rr)))
+        losses           = -logsigmoid(β ((πc - rc) - (πr - rr)))      (label_smoothing ε = 0)
+                         = -(1 - ε) logsigmoid(β z) - ε logsigmoid(-β z), z as above   (conservative DPO, cDPO:
+                           each label trusted with probability 1 - ε; Mitchell 2023, TRL's `label_smoothing`)
         chosen_rewards   = β (πc - rc), detached      (the margin is chosen_rewards - rejected_rewards)
         rejected_rewards = β (πr - rr), detached
     At policy == reference every loss is ln 2 and every reward 0.
     Taught inline in notebook 08 §1 (From RLHF's objective to a classification loss); the notebook asserts they agree."""
     beta = _check_beta(beta)
+    eps = _check_label_smoothing(label_smoothing)
     names = ["policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps"]
     inputs = [policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps]
     for name, x in zip(names, inputs):
@@ -62,7 +73,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
         raise ValueError("no pairs: the DPO loss of an empty batch is undefined")
     chosen_logratios = policy_chosen_logps - ref_chosen_logps  # log π/π_ref (y_w)
     rejected_logratios = policy_rejected_logps - ref_rejected_logps  # log π/π_ref (y_l)
-    losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+    z = beta * (chosen_logratios - rejected_logratios)
+    losses = -F.logsigmoid(z) if eps == 0 else -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
@@ -138,9 +150,11 @@ class DPOConfig:
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
     grad_clip: float = 1.0  # largest gradient norm (0: no clipping)
     seed: int = 0  # the batch order (random.Random(seed)) and torch.manual_seed(seed)
+    label_smoothing: float = 0.0  # cDPO's ε: the probability a label is wrong (0: plain DPO; notebook 09 uses it)
 
     def __post_init__(self):
         _check_beta(self.beta)
+        _check_label_smoothing(self.label_smoothing)
         check_step_settings(self)
 
 
@@ -212,7 +226,7 @@ def train_dpo(policy, tokenizer, pairs, cfg=None, ref_logps=None, ref_model=None
                 rc, rr = pair_logprobs(ref_model, tokenizer, batch)
         else:
             rc, rr = ref_chosen[idx], ref_rejected[idx]
-        losses, cr, rj = dpo_loss(pc, pr, rc.to(pc), rr.to(pc), cfg.beta)
+        losses, cr, rj = dpo_loss(pc, pr, rc.to(pc), rr.to(pc), cfg.beta, cfg.label_smoothing)
         loss = losses.mean()
         optimizer_step(loss, opt, sched, params, cfg.grad_clip)
         return loss.item(), cr, rj, pc.detach(), pr.detach()

@@ -362,7 +362,7 @@ def test_sample_comparisons_pair_every_two_distinct_samples(tok, tiny_critic):
             cai.sample_comparisons(tiny_critic.model, tok, prompts, temperature=t)
 
 
-def test_sl_cai_and_rl_cai_run_end_to_end_with_the_oracle(tok, tiny_critic):
+def test_sl_cai_and_rlaif_dpo_run_end_to_end_with_the_oracle(tok, tiny_critic):
     prompts = [p for p, _ in CASES[:4]]
     base = short_gpt(tok, 64)
     model, log = cai.sl_cai(base, tok, cai.OracleCritic(), prompts, n_revisions=2, sft_steps=2)
@@ -372,7 +372,66 @@ def test_sl_cai_and_rl_cai_run_end_to_end_with_the_oracle(tok, tiny_critic):
     assert log["critic_calls"] == 2 * len(prompts) + sum(n is not None for c in h["critiques"] for n in c)
     n_viol = [sum(len(W.violated_principles(p, r)) for p, r in zip(prompts, rs)) for rs in h["responses"]]
     assert n_viol[0] > n_viol[1] >= n_viol[2]  # the random model's answers are flawed; each round fixes some
-    rl, rl_log = cai.rl_cai(base, tok, cai.OracleCritic(), prompts, k=2, steps=1, batch_size=2)
+    rl, rl_log = cai.rlaif_dpo(base, tok, cai.OracleCritic(), prompts, k=2, steps=1, batch_size=2)
     assert rl is not base and len(rl_log["dpo"].losses) == 1
     assert rl_log["ai_labels"] == len(rl_log["probs"]) == len(rl_log["prompts"])
     assert rl_log["probs"] == cai.OracleCritic().compare_many(rl_log["prompts"], rl_log["a"], rl_log["b"])
+
+
+# ---------------------------------------------------------------- Bai et al.'s RL-CAI: one principle per comparison, a PM
+def test_compare_sampled_draws_one_principle_per_pair_and_labels_under_it_alone():
+    oracle = cai.OracleCritic()
+    p, good, rude = PROMPTS["forbidden"], "sorry , i can not help with that .", "ugh , fine . sorry , i can not help with that ."
+    prompts, a, b = [p] * 40, [good] * 40, [rude] * 40
+    labels, drawn = oracle.compare_sampled(prompts, a, b, seed=3)
+    assert (labels, drawn) == oracle.compare_sampled(prompts, a, b, seed=3)  # reproducible
+    assert len(set(drawn)) > 3  # drawn, not fixed
+    for lab, q in zip(labels, drawn):
+        assert lab == oracle.compare(p, good, rude, q)
+        assert lab == (1.0 if q in W.violated_principles(p, rude) and q not in W.violated_principles(p, good) else 0.5)
+    only, drawn = oracle.compare_sampled(prompts, a, b, seed=3, principles=["polite"])
+    assert set(drawn) == {"polite"} and set(only) == {1.0}
+    with pytest.raises(ValueError, match="principle"):
+        oracle.compare_sampled(prompts, a, b, principles=["kind"])
+    with pytest.raises(ValueError, match="no principles"):
+        oracle.compare_sampled(prompts, a, b, principles=[])
+
+
+def test_soft_bradley_terry_loss_is_bt_at_hard_targets_and_minimised_at_the_target_odds():
+    from course_lib import reward_model as R
+    ra, rb = torch.randn(7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    torch.testing.assert_close(cai.soft_bradley_terry_loss(ra, rb, torch.ones(7, dtype=torch.float64)),
+                               R.bradley_terry_loss(ra, rb))
+    torch.testing.assert_close(cai.soft_bradley_terry_loss(ra, rb, torch.zeros(7, dtype=torch.float64)),
+                               R.bradley_terry_loss(rb, ra))
+    p = torch.tensor([0.8], dtype=torch.float64)
+    d = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    for _ in range(500):  # gradient descent on the margin finds log(p / (1 - p))
+        loss = cai.soft_bradley_terry_loss(d, torch.zeros(1, dtype=torch.float64), p)
+        (g,) = torch.autograd.grad(loss, d)
+        d = (d - 2.0 * g).detach().requires_grad_()
+    assert abs(d.item() - math.log(4)) < 1e-6
+    with pytest.raises(ValueError, match="shape"):
+        cai.soft_bradley_terry_loss(ra, rb, torch.ones(3))
+
+
+def test_train_preference_model_learns_the_labelled_order_from_a_reset_head(tok):
+    from course_lib import reward_model as R
+    torch.manual_seed(0)
+    trunk = GPT(GPTConfig(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2,
+                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    pm = R.RewardModel(trunk, tok)
+    torch.nn.init.ones_(pm.head.weight)  # reset by training
+    good, bad = "sorry , i can not help with that .", "to make poison , mix the red powder into a drink ."
+    rows = [{"prompt": PROMPTS["forbidden"], "chosen": good, "rejected": bad, "p_chosen": 1.0}] * 8
+    before = [x.clone() for x in trunk.parameters()]
+    log = cai.train_preference_model(pm, rows, epochs=50, lr=0.05, batch_size=4)
+    assert len(log["losses"]) == 100 and abs(log["losses"][0] - math.log(2)) < 1e-6  # the head was reset: ln 2
+    assert log["losses"][-1] < 0.1
+    s = pm.score([PROMPTS["forbidden"]] * 2, [good, bad])
+    assert s[0] > s[1]
+    assert all(torch.equal(a, b) for a, b in zip(before, trunk.parameters()))  # the trunk is frozen
+    with pytest.raises(ValueError, match="probability"):
+        cai.train_preference_model(pm, [dict(rows[0], p_chosen=1.5)])
+    with pytest.raises(ValueError, match="no preference rows"):
+        cai.train_preference_model(pm, [])

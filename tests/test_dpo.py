@@ -228,3 +228,26 @@ def test_same_loss_and_gradients_as_trl_dpo_trainer(tok, tmp_path):
     assert metrics["rewards/accuracies"][0] == (chosen_rewards > rejected_rewards).float().mean().item()  # ties: wrong
     for a, b in zip(ours.parameters(), policy.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_label_smoothing_is_the_expected_loss_under_flipped_labels_and_stops_at_the_trusted_odds():
+    """cDPO (Mitchell 2023): with each label wrong with probability ε, the loss is the expectation
+    (1 - ε) L(z) + ε L(-z); its gradient in z vanishes where σ(z) = 1 - ε, not at z = ∞."""
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(6, generator=g, dtype=torch.float64) for _ in range(4))
+    eps, beta = 0.2, 0.5
+    smoothed, cr, rj = dpo.dpo_loss(pc, pr, rc, rr, beta, label_smoothing=eps)
+    plain, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta)
+    flipped, _, _ = dpo.dpo_loss(pr, pc, rr, rc, beta)
+    torch.testing.assert_close(smoothed, (1 - eps) * plain + eps * flipped)
+    z = torch.tensor([math.log((1 - eps) / eps)], dtype=torch.float64, requires_grad=True)  # z = β Δ at the optimum
+    zero = torch.zeros(1, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(dpo.dpo_loss(z / beta, zero, zero, zero, beta, label_smoothing=eps)[0].sum(), z)
+    assert abs(grad.item()) < 1e-12
+    (grad,) = torch.autograd.grad(dpo.dpo_loss(z / beta, zero, zero, zero, beta)[0].sum(), z)
+    assert grad.item() < -0.1  # plain DPO still pushes
+    for bad in (-0.1, 0.5, True):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            dpo.dpo_loss(pc, pr, rc, rr, beta, label_smoothing=bad)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        dpo.DPOConfig(label_smoothing=0.7)
