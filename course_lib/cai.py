@@ -491,12 +491,13 @@ def soft_bradley_terry_loss(rewards_a, rewards_b, p_a):
     return -(p_a * torch.nn.functional.logsigmoid(d) + (1 - p_a) * torch.nn.functional.logsigmoid(-d)).mean()
 
 
-def train_preference_model(pm, rows, epochs=30, lr=1e-2, batch_size=64, seed=0):
+def train_preference_model(pm, rows, epochs=30, lr=1e-2, batch_size=64, seed=0, features=None):
     """Bai et al.'s preference model, with the course's frozen-trunk reward model: train `pm.head` on rows
     {"prompt", "chosen", "rejected", "p_chosen"} (p_chosen = P(chosen better): 1.0 for a human label, the AI's
     soft label otherwise) with `soft_bradley_terry_loss`, the trunk's features cached once (as
     `reward_model.train_reward_model` with its frozen trunk). The head is reset to zeros first; returns
-    {"losses": per step, "seconds"}. Taught inline in notebook 09 §6; the notebook asserts they agree."""
+    {"losses": per step, "seconds", "features"}: pass those features back (features=...) to train another head
+    on the same pairs with other labels without recomputing them. Taught inline in notebook 09 §6; the notebook asserts they agree."""
     from . import reward_model as R
     check_int("epochs", epochs)
     check_int("batch_size", batch_size)
@@ -506,7 +507,12 @@ def train_preference_model(pm, rows, epochs=30, lr=1e-2, batch_size=64, seed=0):
     R._check_rows(rows, "preference")
     _check_probs([r.get("p_chosen", float("nan")) for r in rows])
     t0 = time.perf_counter()
-    fa, fb = R._features(pm, rows, "chosen"), R._features(pm, rows, "rejected")  # (N, H) each, no gradients
+    if features is None:
+        features = R._features(pm, rows, "chosen"), R._features(pm, rows, "rejected")  # (N, H) each, no gradients
+    fa, fb = features
+    if not len(fa) == len(fb) == len(rows):
+        raise ValueError(f"features are for {len(fa)} pairs but there are {len(rows)} rows: pass the features "
+                         "returned by a run on these same pairs")
     target = torch.tensor([r["p_chosen"] for r in rows], dtype=fa.dtype)
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -524,7 +530,7 @@ def train_preference_model(pm, rows, epochs=30, lr=1e-2, batch_size=64, seed=0):
             opt.step()
             losses.append(loss.item())
     pm.eval()
-    return {"losses": losses, "seconds": time.perf_counter() - t0}
+    return {"losses": losses, "seconds": time.perf_counter() - t0, "features": features}
 
 
 def rlaif_dpo(policy, tokenizer, critic, prompts, k=4, temperature=1.0, soft=True, beta=0.1, steps=40, batch_size=64,

@@ -435,3 +435,9 @@ def test_train_preference_model_learns_the_labelled_order_from_a_reset_head(tok)
         cai.train_preference_model(pm, [dict(rows[0], p_chosen=1.5)])
     with pytest.raises(ValueError, match="no preference rows"):
         cai.train_preference_model(pm, [])
+    flipped = [dict(r, p_chosen=0.0) for r in rows]  # the same pairs, other labels: features reused, order reversed
+    again = cai.train_preference_model(pm, flipped, epochs=50, lr=0.05, batch_size=4, features=log["features"])
+    s = pm.score([PROMPTS["forbidden"]] * 2, [good, bad])
+    assert s[0] < s[1] and again["features"] is log["features"]
+    with pytest.raises(ValueError, match="features"):
+        cai.train_preference_model(pm, rows[:3], features=log["features"])
