@@ -170,9 +170,12 @@ HEADLINE = [  # (notebook stem prefix, metric, what it says, format)
     ("07", "nokl_proxy_reward", "... while its reward-model score rose to", "{:.2f}"),
     ("08", "dpo_gold_reward", "gold reward after DPO", "{:.2f}"),
     ("08", "dpo_over_ppo_time", "DPO / PPO wall-clock", "{:.2f}×"),
-    ("09", "cai_harmless_after", "harmlessness after Constitutional AI (safety split)", "{:.2f}"),
-    ("09", "cai_harmless_after_ci", "... its 95% interval", "[{:.2f}, {:.2f}]"),
+    ("09", ("cai_harmless_after", "cai_harmless_after_ci"),
+     "harmlessness after RL-CAI (Bai et al.'s PM + PPO, the course's strong critic), safety split [95% CI]",
+     "{:.2f} [{:.2f}, {:.2f}]"),
     ("09", "cai_overrefusal_after", "... while refusing this share of benign look-alikes", "{:.2f}"),
+    ("09", "cai_gold_reward", "... and its gold reward", "{:.2f}"),
+    ("09", "cai_sl_gold_reward", "gold reward after SL-CAI, the model RL-CAI started from", "{:.2f}"),
     ("10", "sft_gold_reward_mean", "gold reward, SFT (mean of 3 seeds)", "{:.2f}"),
     ("10", "ppo_gold_reward_mean", "gold reward, RLHF with PPO (mean of 3 seeds)", "{:.2f}"),
     ("10", "dpo_gold_reward_mean", "gold reward, DPO (mean of 3 seeds)", "{:.2f}"),
@@ -183,10 +186,15 @@ HEADLINE = [  # (notebook stem prefix, metric, what it says, format)
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def headline_table(metrics_by_notebook):
-    """The README's results table, from recorded metrics ({notebook stem: {metric: value}})."""
+def headline_table(metrics_by_notebook, keep=None):
+    """The README's results table, from recorded metrics ({notebook stem: {metric: value}}). keep: {prefix: the
+    table's current lines} for notebooks with nothing recorded here, written back unchanged."""
     lines = ["| notebook | measurement | value |", "|---|---|---|"]
+    keep = dict(keep or {})
     for prefix, names, label, fmt in HEADLINE:
+        if prefix in keep:
+            lines += keep.pop(prefix)
+            continue
         for stem, values in sorted(metrics_by_notebook.items()):
             if not stem.startswith(prefix):
                 continue
@@ -216,16 +224,19 @@ def _duration(seconds):
     return "–" if not isinstance(seconds, (int, float)) else f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-def instructor_table(metrics_by_notebook, folder=NOTEBOOKS_DIR):
-    """Per notebook: minutes to read, the measured run time (default parameters), the exercises and their minutes."""
+def instructor_table(metrics_by_notebook, folder=NOTEBOOKS_DIR, keep=None):
+    """Per notebook: minutes to read, the measured run time (default parameters), the exercises and their minutes.
+    keep: {prefix: the table's current line} for notebooks with no run recorded here: their run time is kept."""
     reg = registry()
     lines = ["| # | notebook | read | run (measured) | exercises (★ count) | exercise time |", "|---|---|---|---|---|---|"]
     for path in find_notebooks([], folder):
         mine = [ex for ex in reg.values() if ex.notebook == path.stem]
         stars = ", ".join(f"{sum(ex.stars == s for ex in mine)} {STARS[s]}" for s in STARS)
         run = metrics_by_notebook.get(path.stem, {}).get("notebook_seconds")
+        kept = (keep or {}).get(path.stem[:2])
+        run_cell = kept[0].split("|")[4].strip() if run is None and kept else _duration(run)
         lines.append(f"| {path.stem[:2]} | {path.stem[3:].replace('_', ' ')} | {reading_minutes(path):.0f} min | "
-                     f"{_duration(run)} | {len(mine)} ({stars}) | {sum(ex.minutes for ex in mine)} min |")
+                     f"{run_cell} | {len(mine)} ({stars}) | {sum(ex.minutes for ex in mine)} min |")
     return "\n".join(lines)
 
 
@@ -252,12 +263,27 @@ def _fill(text, start, end, body, path):
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
+def _rows_by_notebook(text, start, end, missing):
+    """The lines of the table between start and end, grouped by their first cell, for the notebooks in `missing`."""
+    if start not in text or end not in text:
+        return {}
+    body = text.split(start, 1)[1].split(end, 1)[0]
+    rows = {}
+    for line in body.strip().splitlines()[2:]:   # below the header and its rule
+        rows.setdefault(line.split("|")[1].strip(), []).append(line)
+    return {k: v for k, v in rows.items() if k in missing}
+
+
 def update_readme(path, metrics_by_notebook):
-    """Rewrite the README's results and instructors' tables between their markers; returns True if it changed."""
+    """Rewrite the README's results and instructors' tables between their markers; returns True if it changed.
+    A notebook with no metrics recorded in this checkout (a fresh clone that has run only some) keeps its rows."""
     text = Path(path).read_text()
-    new = _fill(text, README_START, README_END, headline_table(metrics_by_notebook), path)
+    missing = {stem[:2] for stem, values in metrics_by_notebook.items() if not values}
+    keep = _rows_by_notebook(text, README_START, README_END, missing)
+    new = _fill(text, README_START, README_END, headline_table(metrics_by_notebook, keep), path)
     if INSTRUCTORS_START in new:
-        new = _fill(new, INSTRUCTORS_START, INSTRUCTORS_END, instructor_table(metrics_by_notebook), path)
+        keep = _rows_by_notebook(new, INSTRUCTORS_START, INSTRUCTORS_END, missing)
+        new = _fill(new, INSTRUCTORS_START, INSTRUCTORS_END, instructor_table(metrics_by_notebook, keep=keep), path)
     Path(path).write_text(new)
     return new != text
 

@@ -266,10 +266,26 @@ def test_readme_results_come_from_recorded_metrics(tmp_path):
                                 "02_v": {"val_loss_gqa_minus_mha": 0.0059}})
     assert "| 06 | reward model test accuracy vs labels [95% CI over test prompts] | 57.1% [52.9%, 61.3%] |" in table
     assert "GQA − MHA" not in table
+    # a fresh checkout that ran only notebook 07 keeps 05's rows (nothing recorded for it here) and rewrites 07's
+    assert run.update_readme(readme, {"05_sft": {}, "07_rlhf_ppo": {"ppo_gold_reward": 1.25}})
+    text = readme.read_text()
+    assert "| 05 | gold reward after SFT | 1.45 |" in text and "| 07 | gold reward after PPO (β = 0.05) | 1.25 |" in text
+    assert text.index("| 05 |") < text.index("| 07 |")
     plain = tmp_path / "plain.md"
     plain.write_text("no section\n")
     with pytest.raises(ValueError, match="no <!-- results:start -->"):
         run.update_readme(plain, {})
+
+
+def test_instructors_table_keeps_the_run_time_of_a_notebook_not_run_here():
+    stems = [p.stem for p in run.find_notebooks([])]
+    measured = {stem: {"notebook_seconds": 100.0 + i} for i, stem in enumerate(stems)}
+    first = run.instructor_table(measured)
+    keep = run._rows_by_notebook(f"{run.INSTRUCTORS_START}\n{first}\n{run.INSTRUCTORS_END}", run.INSTRUCTORS_START,
+                                 run.INSTRUCTORS_END, {stems[0][:2]})
+    again = run.instructor_table({**measured, stems[0]: {}}, keep=keep)
+    assert again.splitlines()[2] == first.splitlines()[2] and "1.7 min" in again.splitlines()[2]
+    assert "| – |" in run.instructor_table({**measured, stems[0]: {}}).splitlines()[2]  # nothing kept: a dash
 
 
 def test_flash_benchmark_rows_and_table():
