@@ -33,6 +33,7 @@ import time
 import torch
 
 from . import chat, dpo, metrics, sft
+from . import reward_model as R
 from . import data as D
 from . import world as W
 from .model import max_positions
@@ -498,7 +499,6 @@ def train_preference_model(pm, rows, epochs=30, lr=1e-2, batch_size=64, seed=0, 
     `reward_model.train_reward_model` with its frozen trunk). The head is reset to zeros first; returns
     {"losses": per step, "seconds", "features"}: pass those features back (features=...) to train another head
     on the same pairs with other labels without recomputing them. Taught inline in notebook 09 §6; the notebook asserts they agree."""
-    from . import reward_model as R
     check_int("epochs", epochs)
     check_int("batch_size", batch_size)
     check_number("lr", lr, 0, low_open=True)
