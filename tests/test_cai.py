@@ -6,6 +6,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from course_lib import cai, chat
+from course_lib import reward_model as R
 from course_lib import checkpoints as C
 from course_lib import data as D
 from course_lib import world as W
@@ -398,7 +399,6 @@ def test_compare_sampled_draws_one_principle_per_pair_and_labels_under_it_alone(
 
 
 def test_soft_bradley_terry_loss_is_bt_at_hard_targets_and_minimised_at_the_target_odds():
-    from course_lib import reward_model as R
     ra, rb = torch.randn(7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
     torch.testing.assert_close(cai.soft_bradley_terry_loss(ra, rb, torch.ones(7, dtype=torch.float64)),
                                R.bradley_terry_loss(ra, rb))
@@ -416,7 +416,6 @@ def test_soft_bradley_terry_loss_is_bt_at_hard_targets_and_minimised_at_the_targ
 
 
 def test_train_preference_model_learns_the_labelled_order_from_a_reset_head(tok):
-    from course_lib import reward_model as R
     torch.manual_seed(0)
     trunk = GPT(GPTConfig(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2,
                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
