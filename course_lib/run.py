@@ -176,12 +176,14 @@ HEADLINE = [  # (notebook stem prefix, metric, what it says, format)
     ("09", "cai_overrefusal_after", "... while refusing this share of benign look-alikes", "{:.2f}"),
     ("09", "cai_gold_reward", "... and its gold reward", "{:.2f}"),
     ("09", "cai_sl_gold_reward", "gold reward after SL-CAI, the model RL-CAI started from", "{:.2f}"),
-    ("10", "sft_gold_reward_mean", "gold reward, SFT (mean of 3 seeds)", "{:.2f}"),
-    ("10", "ppo_gold_reward_mean", "gold reward, RLHF with PPO (mean of 3 seeds)", "{:.2f}"),
-    ("10", "dpo_gold_reward_mean", "gold reward, DPO (mean of 3 seeds)", "{:.2f}"),
-    ("10", "cai_gold_reward_mean", "gold reward, Constitutional AI with the course's strong critic (mean of 3 seeds)", "{:.2f}"),
-    ("10", "dpo_over_ppo_quality", "DPO / PPO gold reward (mean over seeds)", "{:.2f}"),
-    ("10", "dpo_over_ppo_time", "DPO / PPO wall-clock (mean over seeds)", "{:.2f}×"),
+    ("10", "sft_gold_reward_mean", "test gold reward, SFT (mean of 5 seeds)", "{:.2f}"),
+    ("10", "ppo_headroom_share", "share of SFT's headroom closed, RLHF with PPO (5 seeds, tuned) [95% CI]",
+     "{:+.2f} [{:+.2f}, {:+.2f}]"),
+    ("10", "dpo_headroom_share", "share of SFT's headroom closed, DPO (5 seeds, tuned) [95% CI]", "{:+.2f} [{:+.2f}, {:+.2f}]"),
+    ("10", "cai_headroom_share", "share of SFT's headroom closed, RL-CAI (5 seeds, tuned) [95% CI]",
+     "{:+.2f} [{:+.2f}, {:+.2f}]"),
+    ("10", "win_rate_dpo_over_ppo", "head-to-head win rate, DPO over PPO [95% CI]", "{:.2f} [{:.2f}, {:.2f}]"),
+    ("10", "dpo_over_ppo_time", "DPO / PPO cost after SFT, every phase counted [95% CI]", "{:.2f}× [{:.2f}, {:.2f}]"),
 ]
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
