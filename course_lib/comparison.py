@@ -374,7 +374,10 @@ def bootstrap(stat, scores, n_boot=2000, seed=0):
     for m, s in scores.items():
         s_idx = torch.randint(s.shape[0], (n_boot, s.shape[0], 1), generator=g)
         draws[m] = s[s_idx, p_idx]  # (n_boot, S, P)
-    value = float(stat({m: s[None] for m, s in scores.items()})[0])
+    value = torch.as_tensor(stat({m: s[None] for m, s in scores.items()}))
+    if value.shape != (1,):
+        raise ValueError(f"stat must return one value per resample (a (B,) tensor), got shape {tuple(value.shape)}")
+    value = float(value[0])
     boot = stat(draws).double()
     if boot.shape != (n_boot,):
         raise ValueError(f"stat must return one value per resample, shape ({n_boot},), got {tuple(boot.shape)}")
