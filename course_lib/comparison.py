@@ -180,16 +180,10 @@ def _build_run(recipe, parents, out, progress):
     own = {}
     if method == "sft":
         start = parents["base"]()
-        same = checkpoints.recipe("sft")
-        if (seed, lr, scale.sft_steps, 32) == (same["seed"], same["lr"], same["steps"], same["batch_size"]) and not same["model"]:
-            model = parents["sft"]()  # this recipe is the cached SFT model (notebook 05): not trained twice
-            info = checkpoints.info("sft", False)
-            own["SFT"], losses = info["train_seconds"], info["losses"]
-        else:
-            model = copy.deepcopy(start)
-            log = sft.train_sft(model, tok, list(data.load("sft")), sft.SFTConfig(steps=scale.sft_steps, lr=lr, seed=seed),
-                                progress=False)
-            own["SFT"], losses = log.seconds, log.losses
+        model = copy.deepcopy(start)
+        log = sft.train_sft(model, tok, list(data.load("sft")), sft.SFTConfig(steps=scale.sft_steps, lr=lr, seed=seed),
+                            progress=False)
+        own["SFT"], losses = log.seconds, log.losses
     elif method in ("ppo", "cai"):
         if method == "ppo":
             start, rm = parents["sft"](), parents["reward_model"]()
@@ -276,13 +270,15 @@ def _artefact_seconds(name, field_name, **overrides):
 
 
 def shared_phases(method, scale=None):
-    """{phase: seconds} of the phases built once and charged to every run of `method` (measured when each artefact
-    was built, on this machine): SFT, the sampling of responses for the annotators, the reward model, and RL-CAI's
-    data and preference model."""
+    """{phase: seconds} of the phases built once and charged to every run of `method`: SFT (the SFT method's seed-0 run,
+    the same recipe as the cached SFT model the others start from, timed with the other runs), and — measured when
+    each artefact was built, on this machine — the sampling of responses for the annotators, the reward model, and
+    RL-CAI's data and preference model. (An artefact built together with a missing parent counts the parent's time
+    too: run `python -m course_lib.prepare` first, as CI and a workshop do.)"""
     scale = Scale() if scale is None else scale
     out = {}
     if method != "sft":
-        out["SFT"] = _artefact_seconds("sft", "train_seconds")
+        out["SFT"] = run("sft", None, 0, scale=scale)["own_phases"]["SFT"]
         out["sample responses to label"] = _artefact_seconds("preferences", "build_seconds")
     if method == "ppo":
         out["reward model"] = _artefact_seconds("reward_model", "train_seconds")
@@ -325,24 +321,27 @@ def step_peak_bytes(method, sequences=64, seed=0):
     reference cached), PPO one iteration of `sequences` prompts updated in one minibatch. RL-CAI's step is PPO's
     (its preference model is the reward model's size)."""
     check_int("sequences", sequences, 2)
-    tok = checkpoints.tokenizer()
-    if method == "sft":
-        model = checkpoints.get("base", False)
-        fn = lambda: sft.train_sft(model, tok, list(data.load("sft")), sft.SFTConfig(steps=1, batch_size=sequences, seed=seed),
-                                   progress=False)
-    elif method == "dpo":
-        model, pairs = checkpoints.get("sft", False), checkpoints.get("preferences", False)["train"][:sequences // 2]
-        ref = dpo.precompute_reference_logprobs(model, tok, pairs)
-        fn = lambda: dpo.train_dpo(model, tok, pairs, dpo.DPOConfig(steps=1, batch_size=sequences // 2, warmup=0, seed=seed),
-                                   ref_logps=ref, progress=False)
-    elif method in ("ppo", "cai"):
-        model, ref, rm = checkpoints.get("sft", False), checkpoints.get("sft", False), checkpoints.get("reward_model", False)
-        prompts = [r["prompt"] for r in data.load("prompts")]
-        cfg = ppo.PPOConfig(iterations=1, batch_size=sequences, minibatch_size=sequences, epochs=1, seed=seed)
-        fn = lambda: ppo.train_ppo(model, ref, rm.score, ppo.value_model_from(rm), tok, prompts, cfg, progress=False)
-    else:
+    if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return peak_memory(fn)[1]
+    tok = checkpoints.tokenizer()
+    demos, prompts = list(data.load("sft")), [r["prompt"] for r in data.load("prompts")]
+    pairs = checkpoints.get("preferences", False)["train"][:sequences // 2]
+
+    def step():  # every model the step holds is loaded inside the measured call, so its weights count
+        if method == "sft":
+            sft.train_sft(checkpoints.get("base", False), tok, demos, sft.SFTConfig(steps=1, batch_size=sequences, seed=seed),
+                          progress=False)
+        elif method == "dpo":
+            model = checkpoints.get("sft", False)
+            ref = dpo.precompute_reference_logprobs(model, tok, pairs)  # the cached reference: computed once, then kept
+            dpo.train_dpo(model, tok, pairs, dpo.DPOConfig(steps=1, batch_size=sequences // 2, warmup=0, seed=seed),
+                          ref_logps=ref, progress=False)
+        else:
+            rm = checkpoints.get("reward_model", False)
+            cfg = ppo.PPOConfig(iterations=1, batch_size=sequences, minibatch_size=sequences, epochs=1, seed=seed)
+            ppo.train_ppo(checkpoints.get("sft", False), checkpoints.get("sft", False), rm.score, ppo.value_model_from(rm),
+                          tok, prompts, cfg, progress=False)
+    return peak_memory(step)[1]
 
 
 # ---------------------------------------------------------------- statistics
@@ -395,6 +394,19 @@ def seed_bootstrap(values, stat=None, n_boot=2000, seed=0):
     boot = stat(x[torch.randint(len(x), (n_boot, len(x)), generator=g)])
     lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return float(stat(x[None])[0]), lo, hi
+
+
+def ratio_of_means(num, den, n_boot=2000, seed=0):
+    """(mean(num) / mean(den), lo, hi): a ratio of two independent samples' means (e.g. seconds per seed of two
+    methods) and its 95% percentile-bootstrap interval, each sample's values resampled on its own."""
+    a, b = torch.as_tensor(num, dtype=torch.float64), torch.as_tensor(den, dtype=torch.float64)
+    if a.dim() != 1 or b.dim() != 1 or not len(a) or not len(b) or not (b > 0).all():
+        raise ValueError("num and den must be non-empty lists of numbers, den all positive (e.g. seconds per seed)")
+    g = torch.Generator().manual_seed(seed)
+    ra = a[torch.randint(len(a), (n_boot, len(a)), generator=g)].mean(1)
+    rb = b[torch.randint(len(b), (n_boot, len(b)), generator=g)].mean(1)
+    lo, hi = torch.quantile(ra / rb, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return a.mean().item() / b.mean().item(), lo, hi
 
 
 def win_rates(a, b):

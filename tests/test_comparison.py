@@ -151,3 +151,12 @@ def test_claim_verdict_agrees_with_metrics_verdict_on_zero():
     for lo, hi in [(0.1, 0.2), (-0.2, -0.1), (-0.1, 0.1)]:
         words = metrics.verdict(lo, hi)
         assert (C.claim_verdict(lo, hi, 0.0, math.inf) == "HOLDS") == (words == "higher")
+
+
+def test_ratio_of_means():
+    v, lo, hi = C.ratio_of_means([2.0, 2.0, 2.0], [4.0, 4.0])
+    assert (v, lo, hi) == (0.5, 0.5, 0.5)
+    v, lo, hi = C.ratio_of_means([1.0, 2.0, 3.0], [2.0, 2.1, 1.9], n_boot=500)
+    assert v == pytest.approx(1.0) and lo < 1.0 < hi
+    with pytest.raises(ValueError, match="den all positive"):
+        C.ratio_of_means([1.0], [0.0])

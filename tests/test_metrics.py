@@ -152,3 +152,18 @@ def test_rate_difference_matches_newcombes_worked_example():
     assert d == 1.0 and 0 < lo < 1 and hi == 1.0
     with pytest.raises(ValueError, match="n must be a positive"):
         metrics.rate_difference(0, 0, 1, 2)
+
+
+@pytest.mark.parametrize("p,df,want", [(0.025, 4, 0.484419), (0.975, 4, 11.143287), (0.975, 1, 5.023886),
+                                       (0.025, 1, 0.000982), (0.5, 10, 9.341818), (0.95, 30, 43.772972)])
+def test_chi2_quantile_matches_the_tables(p, df, want):
+    assert metrics.chi2_quantile(p, df) == pytest.approx(want, rel=1e-4)
+
+
+def test_std_interval_brackets_the_sample_std_and_rejects_one_value():
+    s, lo, hi = metrics.std_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert s == pytest.approx(1.5811388) and lo == pytest.approx(s * 0.5991, rel=1e-3) and hi == pytest.approx(s * 2.8735, rel=1e-3)
+    with pytest.raises(ValueError, match="at least two"):
+        metrics.std_interval([1.0])
+    with pytest.raises(ValueError, match="df must be"):
+        metrics.chi2_quantile(0.5, 0)
