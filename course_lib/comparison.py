@@ -384,18 +384,6 @@ def bootstrap(stat, scores, n_boot=2000, seed=0):
     return value, lo, hi
 
 
-def seed_bootstrap(values, stat=None, n_boot=2000, seed=0):
-    """(stat(values), lo, hi) for a statistic of per-seed values (default their mean), seeds resampled."""
-    x = torch.as_tensor(values, dtype=torch.float64)
-    if x.dim() != 1 or len(x) < 2:
-        raise ValueError("values must be at least two numbers, one per seed")
-    stat = stat or (lambda v: v.mean(-1))
-    g = torch.Generator().manual_seed(seed)
-    boot = stat(x[torch.randint(len(x), (n_boot, len(x)), generator=g)])
-    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return float(stat(x[None])[0]), lo, hi
-
-
 def ratio_of_means(num, den, n_boot=2000, seed=0):
     """(mean(num) / mean(den), lo, hi): a ratio of two independent samples' means (e.g. seconds per seed of two
     methods) and its 95% percentile-bootstrap interval, each sample's values resampled on its own."""

@@ -157,10 +157,15 @@ def t_quantile(p, df):
         s = f(0.0) + f(t) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, n))
         return 0.5 + s * h / 3
 
-    lo, hi = 0.0, 1.0
+    return _invert(cdf, p, 1.0, 50)
+
+
+def _invert(cdf, p, start, steps):
+    """The x >= 0 where an increasing cdf reaches p: bracket by doubling from [0, start], then bisect `steps` times."""
+    lo, hi = 0.0, start
     while cdf(hi) < p:
         lo, hi = hi, 2 * hi
-    for _ in range(50):
+    for _ in range(steps):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
     return (lo + hi) / 2
@@ -188,13 +193,7 @@ def chi2_quantile(p, df):
             total += term
         return min(1.0, total)
 
-    lo, hi = 0.0, max(1.0, df)
-    while cdf(hi) < p:
-        lo, hi = hi, 2 * hi
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return (lo + hi) / 2
+    return _invert(cdf, p, max(1.0, df), 100)
 
 
 def std_interval(xs):
