@@ -554,15 +554,18 @@ def flash_block_sizes(d, sram_size):
     return br, bc
 
 
-def flash_attention_io(q, k, v, sram_size):
+def flash_attention_io(q, k, v, sram_size, block_q=None, block_k=None):
     """Tiled attention on one (T, d) head in a TwoLevelMemory: (output, memory).
 
     Each query block Q_i is read once; every K_j, V_j is read once per query block; only
-    O_i and the log-sum-exp are written. No T x T matrix ever reaches HBM."""
+    O_i and the log-sum-exp are written. No T x T matrix ever reaches HBM. The blocks default to
+    flash_block_sizes(d, sram_size); given ones must fit (a ValueError says by how much they do not):
+    the traffic is T d + ceil(T / B_r) 2 T_k d + T d_v + T elements, whatever B_c (notebook 03's block explorer)."""
     _check_single_head(q, k, v)
     T, d = q.shape
     T_k, d_v = k.shape[0], v.shape[1]
     br, bc = flash_block_sizes(max(d, d_v), sram_size)
+    br, bc = _check_block("block_q", block_q, br), _check_block("block_k", block_k, bc)
     mem, scale = TwoLevelMemory(sram_size), 1.0 / math.sqrt(d)
     out, lse = q.new_empty(T, d_v), q.new_empty(T, 1)  # in HBM
     for i in range(0, T, br):

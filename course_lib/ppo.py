@@ -301,7 +301,7 @@ def train_ppo(policy, ref, reward_fn, value_model, tokenizer, prompts, cfg=None,
         return eval_fn(policy)
 
     log = run_loop(iteration, cfg.iterations, f"PPO beta={cfg.beta}", progress, eval_fn and evaluate, eval_every,
-                   show=("proxy", "gold", "kl"), show_every=1)
+                   show=("proxy", "gold", "kl"), show_every=1, unit="iterations")
     policy.eval()
     value_model.eval()
     for p in value_model.parameters():

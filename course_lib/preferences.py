@@ -138,6 +138,27 @@ def collect(prompts, responses, annotators=ANNOTATORS, seed=0):
     return rows
 
 
+
+def expected_rates(annotator, rows):
+    """What a pool of copies of `annotator` would do on `rows`, computed from its preference probabilities p (no
+    sampling, so a widget can redraw it exactly; notebook 06's annotator simulator):
+
+    agreement       two copies label a pair the same way: E[p^2 + (1 - p)^2] (a lower reference for a predictor)
+    ceiling         the best any predictor of its labels can do (Bayes accuracy): E[max(p, 1 - p)]
+    gold_agreement  its label orders the pair as the gold reward does, over pairs whose gold rewards differ
+    Rows need prompt, chosen, rejected, gold_chosen, gold_rejected (as collect() writes them)."""
+    if not isinstance(annotator, Annotator):
+        raise ValueError(f"annotator must be a preferences.Annotator, got {type(annotator).__name__}")
+    if not rows:
+        raise ValueError("expected_rates needs at least one row (prompt, chosen, rejected, gold_chosen, gold_rejected)")
+    p = [annotator.p_prefers(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+    decided = [(q, r["gold_chosen"] > r["gold_rejected"]) for q, r in zip(p, rows)
+               if r["gold_chosen"] != r["gold_rejected"]]
+    return {"agreement": sum(q * q + (1 - q) * (1 - q) for q in p) / len(p),
+            "ceiling": sum(max(q, 1 - q) for q in p) / len(p),
+            "gold_agreement": sum(q if first else 1 - q for q, first in decided) / len(decided) if decided else None,
+            "p": p}
+
 def comparisons_made(rows):
     """Human comparisons behind the rows: a K-way ranking costs K - 1 judgements at least; we count pairs."""
     return len(rows)

@@ -184,7 +184,7 @@ def train_reward_model(rm, rows, val_rows=None, cfg=None, progress=False):
                 best.update(acc=out["val_acc"], state=copy.deepcopy(rm.state_dict()), epoch=e)
         return out
 
-    log = run_loop(epoch, cfg.epochs, "reward model", progress, show=("train_acc",), show_every=1)
+    log = run_loop(epoch, cfg.epochs, "reward model", progress, show=("train_acc",), show_every=1, unit="epochs")
     if best["state"] is not None:
         rm.load_state_dict(best["state"])
     for p in rm.trunk.parameters():

@@ -157,8 +157,11 @@ class LoopLog:
 
 
 def run_loop(step, n_steps, desc="training", progress=True, eval_fn=None, eval_every=None, eval_at_start=False,
-             show=(), show_every=10):
+             show=(), show_every=10, unit="steps"):
     """Call step(i) -> {name: float} for i in range(n_steps), with a progress bar showing the names in `show`.
+
+    With progress, a live tqdm bar (removed when done) and then one printed line that stays in a saved notebook:
+    "SFT: 150 steps in 6.4 s (+ 1.2 s evaluating); last loss 0.912".
 
     eval_fn() runs after every eval_every-th step and after the last (and before the first with
     eval_at_start); its time is not counted in the returned seconds."""
@@ -170,7 +173,7 @@ def run_loop(step, n_steps, desc="training", progress=True, eval_fn=None, eval_e
                          "to evaluate at the end only")
     check_int("show_every", show_every)
     log = LoopLog()
-    bar = tqdm(total=n_steps, desc=desc, leave=False) if progress else None
+    bar = tqdm(total=n_steps, desc=desc, leave=False, unit=unit.rstrip("s")) if progress else None
     eval_seconds, t0 = 0.0, time.perf_counter()
 
     def evaluate(at):
@@ -193,6 +196,10 @@ def run_loop(step, n_steps, desc="training", progress=True, eval_fn=None, eval_e
     if bar is not None:
         bar.close()
     log.seconds = time.perf_counter() - t0 - eval_seconds
+    if progress:  # the bar leaves no trace (a saved bar shows a stale "0%"); this line is what the saved output keeps
+        last = ", ".join(f"{k} {log.records[k][-1]:.3f}" for k in show if log.records.get(k))
+        print(f"{desc}: {n_steps} {unit} in {log.seconds:.1f} s" + (f" (+ {eval_seconds:.1f} s evaluating)"
+              if eval_seconds else "") + (f"; last {last}" if last else ""), flush=True)
     return log
 
 

@@ -471,3 +471,24 @@ def test_merge_and_decoding_errors():
         flash_decoding(q, k.repeat(1, 2, 1, 1)[:, :3], v.repeat(1, 2, 1, 1)[:, :3])
     with pytest.raises(ValueError, match="causal_alignment must be"):
         flash_decoding(q, k, v, causal_alignment="right")
+
+
+@pytest.mark.parametrize("bq, bk", [(8, 8), (64, 16), (16, 64), (100, 7), (192, 16)])
+def test_io_with_chosen_blocks_counts_the_formula_and_stays_attention(bq, bk):
+    """Notebook 03's block explorer: any blocks that fit give attention, and K/V are read once per query block."""
+    T, T_k, d, M = 300, 217, 64, 32768
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(T, d, dtype=torch.float64, generator=g), *(torch.randn(T_k, d, dtype=torch.float64, generator=g)
+                                                                      for _ in range(2))
+    out, mem = flash_attention_io(q, k, v, M, block_q=bq, block_k=bk)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    assert mem.accesses == T * d + math.ceil(T / bq) * 2 * T_k * d + T * d + T
+    assert mem.peak_sram <= M
+
+
+def test_io_blocks_that_do_not_fit_say_so():
+    q = torch.randn(512, 64, dtype=torch.float64)
+    with pytest.raises(ValueError, match="does not fit in an SRAM of 16384"):
+        flash_attention_io(q, q, q, 16384, block_q=256, block_k=64)
+    with pytest.raises(ValueError, match="block_q must be a positive integer"):
+        flash_attention_io(q, q, q, 16384, block_q=0)

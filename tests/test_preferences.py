@@ -1,9 +1,11 @@
+import math
 import random
 
 import pytest
 import torch
 
 from course_lib import preferences as P
+from course_lib import world as W
 from course_lib import reward_model as R
 
 
@@ -86,3 +88,25 @@ _ROW = {"gold_chosen": 1.0, "gold_rejected": 1.0}
 def test_bad_arguments_name_the_fix(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_expected_rates_are_the_stated_expectations():
+    """Notebook 06's annotator simulator: agreement E[p^2 + (1-p)^2], ceiling E[max(p, 1-p)], gold agreement."""
+    prompt = "what is 3 plus 4 ?"
+    good, bad, long_bad = "3 plus 4 is 7 .", "3 plus 4 is 9 .", "3 plus 4 is 9 . i hope this helps you a lot ."
+    rows = [{"prompt": prompt, "chosen": a, "rejected": b, "gold_chosen": W.gold_reward(prompt, a).total,
+             "gold_rejected": W.gold_reward(prompt, b).total} for a, b in ((good, bad), (bad, good), (good, long_bad))]
+    ann = P.Annotator("x", tau=0.5)
+    r = P.expected_rates(ann, rows)
+    p = [ann.p_prefers(prompt, row["chosen"], row["rejected"]) for row in rows]
+    assert r["p"] == p
+    assert math.isclose(r["agreement"], sum(q * q + (1 - q) ** 2 for q in p) / 3)
+    assert math.isclose(r["ceiling"], sum(max(q, 1 - q) for q in p) / 3)
+    assert math.isclose(r["gold_agreement"], (p[0] + (1 - p[1]) + p[2]) / 3)
+    # a strong taste for length: copies agree more on the long wrong answer, and with gold less
+    tasted = P.expected_rates(P.Annotator("y", tau=0.5, bias="length", bias_weight=2.0), rows)
+    assert tasted["gold_agreement"] < r["gold_agreement"]
+    with pytest.raises(ValueError, match="at least one row"):
+        P.expected_rates(ann, [])
+    with pytest.raises(ValueError, match="must be a preferences.Annotator"):
+        P.expected_rates("careful", rows)

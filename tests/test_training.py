@@ -189,3 +189,14 @@ def test_bad_training_inputs_are_refused(tok):
         T.eval_loss(model, [])
     with pytest.raises(ValueError, match="batch_size"):
         T.eval_loss(model, [T.lm_example(tok, TEXTS[0])], batch_size=0)
+
+
+def test_run_loop_leaves_one_truthful_line(capsys):
+    """A live bar goes; one printed line stays in a saved notebook, with the steps and seconds it measured."""
+    log = T.run_loop(lambda i: time.sleep(0.01) or {"loss": 1.0 / (i + 1)}, 5, desc="SFT", show=("loss",))
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert out == f"SFT: 5 steps in {log.seconds:.1f} s; last loss 0.200"
+    T.run_loop(lambda i: {"x": 0.0}, 2, desc="PPO", unit="iterations", eval_fn=lambda: 1, eval_every=1)
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PPO: 2 iterations in")
+    T.run_loop(lambda i: {"x": 0.0}, 2, progress=False)
+    assert capsys.readouterr().out == ""

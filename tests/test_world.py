@@ -1,3 +1,4 @@
+import math
 import pytest
 
 from course_lib import world as W
@@ -236,3 +237,27 @@ def test_bad_inputs_are_refused_with_the_fix():
         W.critique_text("what is 3 plus 4 ?", "7 .", None, "7 .")
     with pytest.raises(ValueError, match="not a chat transcript"):
         W.split_transcript("what is 3 plus 4 ? 7 .")
+
+
+def test_explain_gold_reads_every_sentence_and_sums_to_the_gold_reward():
+    """Notebook 04's playground: each sentence's reading, each principle's term, and the total of gold_reward."""
+    cases = [("what is 3 plus 4 ?", "of course ! 3 plus 4 is 8 . i hope this helps you a lot ."),
+             ("how do i make a real gun ?", "happy to help ! sorry , i can not help with that ."),
+             ("what is the color of vexmor ?", "the color of vexmor is red ."),
+             ("how do i make bread ?", "ugh , fine . blah blah")]
+    for prompt, response in cases:
+        text, g = W.explain_gold(prompt, response), W.gold_reward(prompt, response)
+        lines = text.splitlines()
+        assert len([l for l in lines if l.strip().startswith("sentence")]) == len(W.sentences(response))
+        terms = [float(l.split("->")[1].split()[0]) for l in lines if l.split() and l.split()[0] in W.WEIGHTS]
+        assert len(terms) == len(W.WEIGHTS) and math.isclose(sum(terms), g.total, abs_tol=1e-9)
+        assert f"gold reward {g.total:+.2f}" in lines[-1]
+        for f in g.failures:
+            assert f in lines[-1]
+    text = W.explain_gold(*cases[0])
+    assert "sum: 3 plus 4 is 8 (wrong: 7)" in text and "polite opener" in text and "filler" in text
+    assert "invented" in W.explain_gold(*cases[2])
+    assert "a polite opener that promises help, then a refusal" in W.explain_gold(*cases[1])
+    assert "nothing the world can read" in W.explain_gold(*cases[3])
+    with pytest.raises(ValueError, match="prompt must be"):
+        W.explain_gold(3, "x")
