@@ -31,6 +31,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import jupyter_server_mathjax
 import mistune
 import nbformat
 from nbconvert import HTMLExporter
@@ -222,8 +223,6 @@ def _lab_css_dir(exporter):
 
 
 def _copy_static(static, exporter):
-    import jupyter_server_mathjax
-
     static.mkdir(parents=True)
     css = _lab_css_dir(exporter)
     (static / "lab.css").write_text((css / "index.css").read_text(encoding="utf-8") + "\n"
