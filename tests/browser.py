@@ -1,5 +1,5 @@
 """Debian's headless Chromium, driven by Selenium, for the tests that look at the course the way a learner does
-(tests/test_browser_widgets.py: the widgets in JupyterLab; tests/test_site.py: the built site).
+(tests/test_widgets_in_browser.py: the widgets in JupyterLab; tests/test_site.py: the built site).
 
 Chromium and its driver come from Debian's packages (`apt-get install chromium chromium-driver`, which `.ci/run` does
 when they are missing); nothing is downloaded: the driver's path is given, so Selenium Manager is never asked."""
