@@ -559,8 +559,8 @@ def flash_attention_io(q, k, v, sram_size, block_q=None, block_k=None):
 
     Each query block Q_i is read once; every K_j, V_j is read once per query block; only
     O_i and the log-sum-exp are written. No T x T matrix ever reaches HBM. The blocks default to
-    flash_block_sizes(d, sram_size); given ones must fit (a ValueError says by how much they do not):
-    the traffic is T d + ceil(T / B_r) 2 T_k d + T d_v + T elements, whatever B_c (notebook 03's block explorer)."""
+    flash_block_sizes(max(d, d_v), sram_size); given ones must fit (a ValueError says by how much they do not):
+    the traffic is T d + ceil(T / B_r) T_k (d + d_v) + T d_v + T elements, whatever B_c (notebook 03's block explorer)."""
     _check_single_head(q, k, v)
     T, d = q.shape
     T_k, d_v = k.shape[0], v.shape[1]
