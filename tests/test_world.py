@@ -255,7 +255,7 @@ def test_explain_gold_reads_every_sentence_and_sums_to_the_gold_reward():
         for f in g.failures:
             assert f in lines[-1]
     text = W.explain_gold(*cases[0])
-    assert "sum: 3 plus 4 is 8 (wrong: 7)" in text and "polite opener" in text and "filler" in text
+    assert "sum: 3 plus 4 is 8 (wrong: 3 plus 4 is 7)" in text and "polite opener" in text and "filler" in text
     assert "invented" in W.explain_gold(*cases[2])
     assert "a polite opener that promises help, then a refusal" in W.explain_gold(*cases[1])
     assert "nothing the world can read" in W.explain_gold(*cases[3])
