@@ -14,6 +14,7 @@ written in it, and the world depends on no model.
 from dataclasses import dataclass
 
 import torch
+from transformers import AddedToken
 
 from . import world as W
 from .model import generate_tokens, max_positions
@@ -39,9 +40,109 @@ def pad_id(tokenizer):
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
+# ---------------------------------------------------------------- any model's tokenizer
+def _world_texts():
+    """Every request of the world in every phrasing with its ideal response, in the template; and the
+    world's other phrases (openers, fillers, refusals, harmful recipes) in a critique transcript."""
+    texts = [W.chat_text(W.format_prompt(req, t), W.ideal_response(req))
+             for req in W.all_requests() for t in range(W.N_TEMPLATES)]
+    phrases = " ".join(W.POLITE_OPENERS + W.RUDE_OPENERS + W.FILLERS + W.REFUSALS + W.HARMFUL_RECIPES
+                       + [t.strip() for t in W.PROMPT_TONES if t.strip()])
+    return texts + [W.critique_text("what is 3 plus 4 ?", phrases, W.GOOD_CRITIQUE, phrases)]
+
+
+def prepare_tokenizer(tokenizer):
+    """A model's own tokenizer made ready for the course's chat template, in place (and returned).
+
+    A real model's tokenizer has no <|user|> or <|assistant|> and often no pad token:
+    - each role token (`world.ROLE_TOKENS`) missing from it is added as one special token that takes
+      the space before it (so " <|end|>" is one token, as TRL's "completion + EOS" is); the model then
+      needs `fit_embeddings`;
+    - without a pad token, the EOS token pads (padded positions are masked, so no output changes),
+      or <|end|> where there is no EOS either;
+    - the EOS token becomes <|end|>, the end of a turn: where generation stops, and what TRL's trainers
+      append to every completion;
+    - every text of the world in the template must come back from decode(encode(text)) (spacing aside)
+      with no unknown token, else a ValueError names the first text that does not.
+    The course's own tokenizer has all of this already: nothing changes."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: the course needs one that reports "
+                         "offsets (a folder with tokenizer.json; AutoTokenizer.from_pretrained(folder) converts most "
+                         "tokenizers, then save_pretrained(folder))")
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in W.ROLE_TOKENS if t not in vocab]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False, lstrip=True) for t in missing],
+                             special_tokens=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else "<|end|>"
+    tokenizer.eos_token = "<|end|>"
+    texts = _world_texts()
+    unk = tokenizer.unk_token_id
+    for text, ids in zip(texts, tokenizer(texts, add_special_tokens=False).input_ids):
+        back = tokenizer.decode(ids, skip_special_tokens=False)
+        if "".join(back.split()) != "".join(text.split()) or (unk is not None and unk in ids):
+            raise ValueError(f"{type(tokenizer).__name__} cannot encode the course's chat template: {text!r} comes "
+                             f"back from encode/decode as {back!r}. Use a tokenizer that can spell any text "
+                             "(byte-level BPE, as GPT-2's and Llama's) or train one on the course's corpus "
+                             "(data/pretrain.jsonl)")
+    for t in W.ROLE_TOKENS:
+        if len(encode(tokenizer, t)) != 1:
+            raise ValueError(f"{t!r} must be one token, but {type(tokenizer).__name__} splits it into "
+                             f"{tokenizer.convert_ids_to_tokens(encode(tokenizer, t))}; add it as a special token "
+                             "(tokenizer.add_tokens([...], special_tokens=True))")
+    return tokenizer
+
+
+def fit_embeddings(model, tokenizer):
+    """`model` with an embedding row for every token of `tokenizer` (after `prepare_tokenizer`), in place.
+
+    New rows (the role tokens) are drawn by transformers' resize_token_embeddings, seeded, so loading
+    a model twice gives the same weights; the old tokens' rows do not change. A tokenizer with more
+    ordinary tokens than the model has embeddings is not this model's: ValueError."""
+    n = model.get_input_embeddings().num_embeddings
+    vocab = tokenizer.get_vocab()
+    ordinary = [t for t in vocab if t not in set(W.ROLE_TOKENS) | {tokenizer.pad_token}]
+    if len(ordinary) > n:
+        raise ValueError(f"the tokenizer has {len(ordinary)} ordinary tokens but the model only {n} embeddings: "
+                         "it is not this model's tokenizer; save the model's own in its folder")
+    if len(tokenizer) > n:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model.resize_token_embeddings(max(vocab.values()) + 1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
 def encode(tokenizer, text):
     """Token ids of `text`, with no special tokens added (the template carries its own)."""
     return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def split_encode(tokenizer, context, continuation):
+    """(ids, n): the tokens of f"{context} {continuation}", tokenised as one text, and how many belong to the context.
+
+    One text, because that is what a model reads and writes: a BPE tokenizer can cut a continuation
+    tokenised on its own into other pieces ("3" alone, "Ġ3" after a space), so the labels would not be
+    the tokens the model sees. The boundary is where the continuation's characters start (the
+    tokenizer's offsets); a token that spans it belongs to both sides, and is an error.
+    Taught inline in notebook 05 §2 (make_sft_example); the notebook asserts they agree."""
+    if not isinstance(context, str) or not isinstance(continuation, str):
+        raise ValueError("context and continuation must be strings")
+    try:
+        enc = tokenizer(f"{context} {continuation}", add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:
+        raise ValueError(f"{type(tokenizer).__name__} is a slow (Python) tokenizer and cannot report where a "
+                         "prompt ends; load a fast one (a folder with tokenizer.json: AutoTokenizer.from_pretrained"
+                         "(folder), then save_pretrained(folder))") from None
+    offsets = enc.offset_mapping
+    n = next((i for i, (_, end) in enumerate(offsets) if end > len(context)), len(offsets))  # the context's tokens
+    if any(start < len(context) for start, end in offsets[n:] if end > start):
+        raise ValueError(f"{type(tokenizer).__name__} merges the end of {context[-30:]!r} with the start of "
+                         f"{continuation[:30]!r} into one token: the prompt/response boundary falls inside a token, "
+                         "so no label can be placed there; end the context with a special token (the chat template's "
+                         "<|assistant|> does) or use a tokenizer that splits on spaces")
+    return enc.input_ids, n
 
 
 def encode_batch(tokenizer, texts, left_pad=True):
@@ -147,20 +248,21 @@ def token_logprobs(logits, labels):
 
 
 def continuation_example(tokenizer, context, continuation, mask_context=True, max_len=None):
-    """(input_ids, labels) of context + continuation; labels -100 on the context when mask_context.
+    """(input_ids, labels) of f"{context} {continuation}" (tokenised together, see `split_encode`); labels
+    -100 on the context when mask_context.
 
     With max_len, a sequence that is too long loses tokens from the front of its context."""
     if not isinstance(context, str) or not isinstance(continuation, str):
         raise ValueError("context and continuation must be strings")
     if max_len is not None:
         check_int("max_len (at least one token of context and one to predict)", max_len, 2)
-    c_ids, x_ids = encode(tokenizer, context), encode(tokenizer, continuation)
-    ids = c_ids + x_ids
+    ids, n_context = split_encode(tokenizer, context, continuation)
+    n_x = len(ids) - n_context
     if max_len is not None and len(ids) > max_len:
         ids = ids[-max_len:]
     if not mask_context:
         return ids, list(ids)
-    n_x = min(len(x_ids), len(ids) - 1)  # the first token has no context to be predicted from
+    n_x = min(n_x, len(ids) - 1)  # the first token has no context to be predicted from
     return ids, [IGNORE] * (len(ids) - n_x) + ids[len(ids) - n_x:]
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from . import cai, chat, ppo, preferences, sft
 from . import data as D
@@ -213,16 +213,22 @@ def fingerprint(name, **overrides):
     """Hash of the recipe, the data files it reads, the tokenizer, the parents' fingerprints and the code."""
     a = artefact(name)
     r = recipe(name, **overrides)
+    model = r.get("model")
+    if model:  # built from a local model folder: that model's bytes, wherever the folder is
+        r["model"] = _folder_digest(_model_folder(model))
     h = hashlib.sha256(json.dumps({"name": name, "recipe": r}, sort_keys=True).encode())
     for f in r.get("data", []):  # the data files it reads
         h.update(_file_digest(DATA_DIR / f).encode())
     h.update(_file_digest(DATA_DIR / "tokenizer" / "tokenizer.json").encode())
     for p in a.parents:
-        h.update(fingerprint(p).encode())
-    if r.get("model"):  # built from a local model folder: that model's bytes
-        h.update(_folder_digest(r["model"]).encode())
+        h.update(fingerprint(p, **_inherited(p, model)).encode())
     h.update(code_fingerprint(name).encode())
     return h.hexdigest()[:12]
+
+
+def _inherited(parent, model):
+    """The overrides a parent is built with: the same local model folder, where its recipe takes one."""
+    return {"model": model} if model and "model" in artefact(parent).recipe else {}
 
 
 def path(name, **overrides):
@@ -245,7 +251,7 @@ def build(name, progress=True, **overrides):
     target = path(name, **overrides)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    parents = {p: (lambda p=p: get(p, progress)) for p in a.parents}
+    parents = {p: (lambda p=p: get(p, progress, **_inherited(p, r.get("model")))) for p in a.parents}
     try:
         t0 = time.perf_counter()
         meta = a.builder(r, parents, tmp, progress)
@@ -296,25 +302,49 @@ def load_hf_model(folder):
     return AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True).eval()
 
 
-def load_model(name_or_path, progress=True):
-    """A course artefact by name, or any local Hugging Face causal LM directory by path."""
-    if name_or_path in ARTEFACTS:
-        return get(name_or_path, progress)
+def _model_folder(name_or_path):
+    """The local model directory `name_or_path` names, checked to hold a model's config."""
     folder = Path(name_or_path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{name_or_path!r} is neither a course artefact ({sorted(ARTEFACTS)}) "
                                 "nor a local model directory (one with config.json and weights)")
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder} has no config.json; save the model with save_pretrained() first")
-    return load_hf_model(folder)
+    return folder
+
+
+def load_model(name_or_path, progress=True):
+    """A course artefact by name, or any local Hugging Face causal LM directory by path.
+
+    A folder's model gets embeddings for the role tokens its tokenizer lacked (`chat.fit_embeddings`),
+    so it pairs with `load_tokenizer(name_or_path)`."""
+    if name_or_path in ARTEFACTS:
+        return get(name_or_path, progress)
+    folder = _model_folder(name_or_path)
+    config = AutoConfig.from_pretrained(str(folder))
+    try:
+        model = load_hf_model(folder)
+    except ValueError as e:
+        if "Unrecognized configuration class" not in str(e):
+            raise
+        raise ValueError(f"{folder} holds a {config.model_type!r} model ({', '.join(config.architectures or [])}), "
+                         "not a causal language model: pass a folder saved from an AutoModelForCausalLM "
+                         "(GPT2LMHeadModel, LlamaForCausalLM, ...)") from None
+    return chat.fit_embeddings(model, load_tokenizer(name_or_path))
 
 
 def load_tokenizer(name_or_path):
-    """The tokenizer for a model: its own if its directory has one, else the course's."""
-    folder = Path(name_or_path)
-    if folder.is_dir() and (folder / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(str(folder))
-    return tokenizer()
+    """The tokenizer for a model: the course's for an artefact (or a course GPT saved without one), else the
+    folder's own, made ready for the chat template (`chat.prepare_tokenizer`: role tokens, a pad token)."""
+    if name_or_path in ARTEFACTS:
+        return tokenizer()
+    folder = _model_folder(name_or_path)
+    if not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        if AutoConfig.from_pretrained(str(folder)).model_type == GPTConfig.model_type:
+            return tokenizer()  # the course's own GPT, saved without its tokenizer
+        raise FileNotFoundError(f"{folder} has no tokenizer (tokenizer.json); save the one the model was trained "
+                                f"with there: tokenizer.save_pretrained({str(folder)!r})")
+    return chat.prepare_tokenizer(AutoTokenizer.from_pretrained(str(folder)))
 
 
 def load_critic(name_or_path, name=None):
@@ -323,6 +353,11 @@ def load_critic(name_or_path, name=None):
 
 
 # ---------------------------------------------------------------- builders
+def _tokenizer_of(recipe):
+    """The tokenizer an artefact's model speaks: the course's, or that of the local model folder it is built from."""
+    return load_tokenizer(recipe["model"]) if recipe.get("model") else tokenizer()
+
+
 def _rows(files, key=None):
     rows = [r for f in files for r in D.read_jsonl(DATA_DIR / f)]
     return rows if key is None else [r[key] for r in rows]
@@ -361,7 +396,7 @@ def _sft(recipe, parents, out, progress):
 
 def _preferences(recipe, parents, out, progress):
     """K responses sampled from the SFT model per training prompt, ranked by the simulated annotators."""
-    tok, policy = tokenizer(), parents["sft"]()
+    tok, policy = _tokenizer_of(recipe), parents["sft"]()
     prompts = random.Random(recipe["seed"]).sample(_rows(recipe["data"], "prompt"), recipe["n_prompts"])
     samples = [chat.respond(policy, tok, prompts, temperature=recipe["temperature"], seed=recipe["seed"] + s)
                for s in range(recipe["k"])]
@@ -383,17 +418,20 @@ def _load_preferences(folder):
 
 def _reward_model(recipe, parents, out, progress):
     """The SFT trunk (frozen) + a scalar head, Bradley-Terry on the preferences; best epoch on held-out pairs."""
-    prefs = parents["preferences"]()
-    rm = R.RewardModel(parents["sft"](), tokenizer())
+    prefs, tok = parents["preferences"](), _tokenizer_of(recipe)
+    rm = R.RewardModel(parents["sft"](), tok)
     cfg = R.RewardConfig(epochs=recipe["epochs"], lr=recipe["lr"], seed=recipe["seed"])
     log = R.train_reward_model(rm, prefs["train"], prefs["val"], cfg)
     R.save(rm, out)
+    if recipe["model"]:
+        tok.save_pretrained(str(out))
     return {"val_acc": log.val_acc, "train_acc": log.train_acc, "best_epoch": log.best_epoch, "losses": log.losses,
             "train_seconds": log.seconds}
 
 
 def _load_reward_model(folder):
-    return R.load(folder, tokenizer())
+    own = (Path(folder) / "tokenizer.json").exists()  # built from a local model folder: that model's tokenizer
+    return R.load(folder, AutoTokenizer.from_pretrained(str(folder)) if own else tokenizer())
 
 
 def _ppo(recipe, parents, out, progress):
@@ -402,9 +440,12 @@ def _ppo(recipe, parents, out, progress):
     policy, ref = parents["sft"](), parents["sft"]()
     cfg = ppo.PPOConfig(iterations=recipe["iterations"], beta=recipe["beta"], lr=recipe["lr"],
                         batch_size=recipe["batch_size"], seed=recipe["seed"])
-    log = ppo.train_ppo(policy, ref, rm.score, ppo.value_model_from(rm), tokenizer(), _rows(recipe["data"], "prompt"),
+    tok = _tokenizer_of(recipe)
+    log = ppo.train_ppo(policy, ref, rm.score, ppo.value_model_from(rm), tok, _rows(recipe["data"], "prompt"),
                         cfg, progress=progress)
     policy.save_pretrained(str(out))
+    if recipe["model"]:
+        tok.save_pretrained(str(out))
     return {"proxy": log.proxy, "gold": log.gold, "kl": log.kl, "length": log.length, "train_seconds": log.seconds}
 
 
@@ -421,13 +462,13 @@ for _a in [
     Artefact("preferences", _preferences, _load_preferences, parents=("sft",),
              doc="annotators' rankings of SFT samples, as pairs (notebook 06)",
              recipe={"n_prompts": 1200, "k": 4, "temperature": 1.0, "seed": 0, "val_fraction": 0.15, "test_fraction": 0.15,
-                     "data": ["prompts.jsonl"]}),
+                     "data": ["prompts.jsonl"], "model": None}),
     Artefact("reward_model", _reward_model, _load_reward_model, parents=("preferences", "sft"),
              doc="a Bradley-Terry reward model on the SFT trunk (notebook 06)",
-             recipe={"epochs": 30, "lr": 1e-2, "seed": 0}, extra_code=(_load_reward_model,)),
+             recipe={"epochs": 30, "lr": 1e-2, "seed": 0, "model": None}, extra_code=(_load_reward_model,)),
     Artefact("ppo", _ppo, load_hf_model, parents=("reward_model", "sft"), doc="RLHF with PPO (notebook 07)",
              recipe={"beta": 0.05, "iterations": 30, "lr": 1e-4, "batch_size": 64, "seed": 0,
-                     "data": ["prompts.jsonl"]}),
+                     "data": ["prompts.jsonl"], "model": None}),
 ]:
     register(_a)
 

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from . import world as W
@@ -255,6 +255,23 @@ def build_tokenizer(texts):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", unk_token="<|unk|>",
                                    eos_token="<|end|>", additional_special_tokens=W.ROLE_TOKENS,
                                    padding_side="right", model_max_length=96)
+
+
+def build_bpe_tokenizer(texts, vocab_size=600):
+    """A byte-level BPE tokenizer trained on `texts`, as a real model's is: no pad token, no role tokens
+    (<|user|> is cut into pieces), words after a space are other tokens ("Ġ3") than words alone ("3").
+
+    Notebook 05 shows what it does to the chat template; the tests train one for a tiny Llama, so that
+    the alignment notebooks run on a model whose tokenizer is not the course's (`chat.prepare_tokenizer`)."""
+    if isinstance(texts, str) or not texts:
+        raise ValueError("texts must be a non-empty list of strings (wrap a single text in a list)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
 
 
 def tokenizer_texts(files):

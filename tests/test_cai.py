@@ -304,6 +304,7 @@ def test_model_critic_runs_on_a_local_huggingface_model(tmp_path, tok):
     path = tmp_path / "tiny-gpt2"
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=96, n_embd=16, n_layer=1, n_head=2))
     gpt2.save_pretrained(path)
+    tok.save_pretrained(path)  # a model folder holds the tokenizer it was trained with
     critic = C.load_critic(str(path))
     assert "GPT2LMHeadModel" in critic.description and critic.name == str(path)
     p, r = CASES[1]

@@ -15,6 +15,7 @@ def test_sft_notebook_runs_on_a_local_huggingface_gpt2(tmp_path, monkeypatch):
     model_dir = tmp_path / "tiny-gpt2"
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=96, n_embd=32, n_layer=1, n_head=2)) \
         .save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)  # a model folder holds the tokenizer it was trained with
     monkeypatch.setenv("COURSE_METRICS_DIR", str(tmp_path / "metrics"))
     pm.execute_notebook(str(NOTEBOOKS_DIR / "05_sft.ipynb"), str(tmp_path / "out.ipynb"),
                         parameters={"model_name_or_path": str(model_dir), "sft_steps": 5},
