@@ -12,7 +12,8 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
 
 MECHANISMS = {"attention", "kv_cache", "flash", "memory", "positions", "decode"}
 METHODS = {"sft", "preferences", "reward_model", "ppo", "dpo", "cai", "metrics"}
-TOOLS = {"checkpoints", "comparison", "paths", "run", "report", "bench", "doctor", "viz", "prepare", "exercises", "site"}  # what no method may import
+TOOLS = {"checkpoints", "comparison", "paths", "run", "report", "bench", "doctor", "viz", "prepare", "exercises", "site",
+         "launch_dpo"}  # what no method may import
 PATHS_USERS = {"__init__", "data", "checkpoints", "run", "bench", "doctor", "report", "site"}  # who may know where files live
 ALLOWED = {  # module -> the only course_lib modules it may import
     **{m: MECHANISMS - {m} for m in MECHANISMS},
