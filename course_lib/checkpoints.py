@@ -11,7 +11,8 @@ the artefacts it is built from, the data files it reads, a builder and a loader.
 module knows artefacts by name; the methods it calls take models and data as arguments.
 
 Each artefact lives in ``<cache>/checkpoints/<name>-<fingerprint>/``. The fingerprint hashes the
-recipe (with any overrides), the data files and tokenizer, the parents' fingerprints, and the
+recipe (with any overrides; a local model folder by its files' bytes, not its path), the data files and
+tokenizer, the parents' fingerprints, and the
 code that builds it (the builder and every course_lib module it uses, docstrings and comments
 aside), so a changed recipe, data set or method is rebuilt, never silently reused. Writes are
 atomic (a temporary folder renamed into place); an entry that is partial or does not load is
@@ -283,7 +284,8 @@ def get(name, progress=True, **overrides):
     (val chooses the reward model's epoch; test is for reporting only).
 
     Overrides change this artefact's own recipe only: get("ppo", seed=1) trains PPO with seed 1 from the
-    default ("seed 0") SFT model and reward model."""
+    default ("seed 0") SFT model and reward model. One exception, `model` (a local model folder): the
+    parents that take it are built from the same folder, so get("ppo", model=path) is that model's chain."""
     return artefact(name).loader(ensure(name, progress, **overrides))
 
 

@@ -40,8 +40,9 @@ def parse_args(argv=None):
     d = dpo.DPOConfig()
     p = argparse.ArgumentParser(prog="python -m course_lib.launch_dpo", description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=d.steps, help=f"AdamW steps (default {d.steps})")
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="pairs per step, all processes together: a multiple of the number of processes (default 16)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"pairs per step, all processes together: a multiple of the number of processes (default {d.batch_size}, "
+                   "notebook 08's)")
     p.add_argument("--beta", type=float, default=d.beta, help=f"DPO's beta (default {d.beta})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate after warm-up (default {d.lr})")
     p.add_argument("--seed", type=int, default=d.seed, help="the batch order's seed (default 0)")
@@ -105,7 +106,8 @@ def main(argv=None):
             accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        losses.append(accelerator.gather(per_pair.detach()).mean().item())  # the global batch's loss
+        losses.append(accelerator.gather(per_pair.detach().to(accelerator.device)).mean().item())  # the global batch's loss
+        # (.to: the hook hands logits back on the CPU, and NCCL gathers only GPU tensors)
         local_losses.append(loss.item())
         shares.append(list(idx))
     seconds = time.perf_counter() - t0

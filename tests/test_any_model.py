@@ -43,15 +43,21 @@ def test_the_tokenizer_gets_role_tokens_and_a_pad_token_and_the_model_embeddings
     torch.testing.assert_close(model.get_input_embeddings().weight[:len(raw)], saved, rtol=0, atol=0)  # old rows kept
     again = C.load_model(str(llama)).get_input_embeddings().weight
     torch.testing.assert_close(again, model.get_input_embeddings().weight, rtol=0, atol=0)  # seeded: loads agree
-    # padding with EOS changes no output: the padded batch's logits on real tokens are the unpadded ones
-    texts = [W.chat_text(d["prompt"], d["response"]) for d in D.read_jsonl(D.DATA_DIR / "sft.jsonl")[:4]]
+    # padding with EOS changes no output: on the left (generation, positions counted from the first real token) and
+    # on the right (training), the padded batch's logits on real tokens are each text's alone
+    texts = [W.chat_prompt(d["prompt"]) for d in D.read_jsonl(D.DATA_DIR / "sft.jsonl")[:4]]
     ex = [chat.encode(tok, t) for t in texts]
-    ids, _, mask = collate([(e, e) for e in ex], chat.pad_id(tok))
+    assert len({len(e) for e in ex}) > 1, "texts of different lengths, or nothing is padded"
+    left_ids, left_mask = chat.encode_batch(tok, texts, left_pad=True)
+    right_ids, _, right_mask = collate([(e, e) for e in ex], chat.pad_id(tok))
     with torch.no_grad():
-        padded = model(ids, attention_mask=mask).logits
+        left = model(left_ids, attention_mask=left_mask,
+                     position_ids=(left_mask.cumsum(-1) - 1).clamp_min(0)).logits  # as model.generate_tokens does
+        right = model(right_ids, attention_mask=right_mask).logits
         for i, e in enumerate(ex):
             alone = model(torch.tensor([e])).logits[0]
-            torch.testing.assert_close(padded[i, :len(e)], alone, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(left[i, left_ids.shape[1] - len(e):], alone, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(right[i, :len(e)], alone, rtol=1e-4, atol=1e-5)
 
 
 def test_the_boundary_is_found_in_the_tokens_the_model_reads(llama, demos):
@@ -117,6 +123,12 @@ def test_artefacts_built_from_a_folder_are_keyed_by_its_bytes_not_its_path(tmp_p
     moved = tmp_path / "elsewhere"
     shutil.copytree(llama, moved)
     assert C.fingerprint("ppo", model=str(moved)) == C.fingerprint("ppo", model=str(llama)) != C.fingerprint("ppo")
+    changed = tmp_path / "one-byte-changed"
+    shutil.copytree(llama, changed)
+    config = (changed / "config.json").read_text()
+    (changed / "config.json").write_text(config.replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05'))
+    assert (changed / "config.json").read_text() != config
+    assert C.fingerprint("ppo", model=str(changed)) != C.fingerprint("ppo", model=str(llama))  # the bytes count
     assert C.fingerprint("sft", model=str(llama)) != C.fingerprint("sft")
 
 
@@ -135,6 +147,13 @@ def test_the_alignment_notebooks_run_on_the_tiny_llama(name, llama, tmp_path, mo
     assert metrics, "the notebook recorded its metrics"
     if name == "05_sft":
         assert "LlamaForCausalLM" in out.read_text()
+    uses = {"06_preferences_reward_model": ["sft", "preferences", "reward_model"], "07_rlhf_ppo": ["reward_model", "ppo"],
+            "08_dpo": ["preferences", "ppo"], "09_constitutional_ai": ["ppo"]}.get(name, [])
+    for artefact in uses:  # the chain was built from the Llama's folder, with its tokenizer
+        folder = C.path(artefact, model=str(llama))
+        assert folder.exists(), f"{name} did not use {artefact} built from the folder"
+        if artefact in ("reward_model", "ppo"):
+            assert (folder / "tokenizer.json").exists()
 
 
 def test_the_course_tokenizer_is_already_ready_and_a_bpe_needs_texts():
