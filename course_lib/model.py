@@ -7,16 +7,20 @@ n_kv_heads < n_head). Positions are a learned table added to the token embedding
 `wpe`, the default), or with position_embedding="rope" rotary embeddings applied to q and k in
 every layer (Llama's way; no `wpe` table). The model works with `generate()`, `save_pretrained()` /
 `from_pretrained()` (safetensors) and `AutoModelForCausalLM` (registered on import).
+`GPTForSequenceClassification` is the same GPT with a scalar head on the last real token, registered with
+`AutoModelForSequenceClassification`: what TRL's `RewardTrainer` trains (notebook 11).
 `generate_tokens` is the course's own short decoding loop (greedy or sampled, KV cache or not).
 """
 import math
 import numbers
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, GenerationMixin,
+                          PretrainedConfig, PreTrainedModel)
+from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
 from .attention import MultiHeadAttention, causal_mask
 from .kv_cache import KVCache
@@ -101,6 +105,7 @@ class GPTConfig(PretrainedConfig):
     of base rope_theta on q and k, as Llama; no wpe table). rope_theta is ignored with "learned"."""
 
     model_type = "course_gpt"
+    auto_map = {}  # no remote code: TRL looks a class transformers does not ship up here, else takes AutoModelForCausalLM
     attribute_map = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions",
                      "num_attention_heads": "n_head", "num_hidden_layers": "n_layer",
                      "num_key_value_heads": "n_kv_heads"}
@@ -143,6 +148,16 @@ class Block(nn.Module):
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, (w if return_weights else None)
+
+
+@dataclass
+class GPTOutput(CausalLMOutputWithPast):
+    """A causal LM's output plus the final hidden state. The GPT is its own base model (nanoGPT's flat layout: no
+    separate trunk module, so `model.base_model` is the model itself), and so it also returns what a trunk returns.
+    TRL's fused LM head calls `model.base_model(...)` and reads `.last_hidden_state` (trl/trainer/utils.py,
+    add_fused_lm_head), which is how TRL's trainers run on the course's GPT (notebook 11)."""
+
+    last_hidden_state: torch.FloatTensor = None  # (B, T, n_embd), after the final LayerNorm
 
 
 class GPT(PreTrainedModel, GenerationMixin):
@@ -244,9 +259,43 @@ class GPT(PreTrainedModel, GenerationMixin):
         if labels is not None:  # next-token prediction: position t predicts labels[t + 1]
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                    ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache or past else None,
-                                      attentions=tuple(attentions) if output_attentions else None,
-                                      hidden_states=tuple(hidden) if output_hidden_states else None)
+        return GPTOutput(loss=loss, logits=logits, cache=cache if use_cache or past else None,
+                         attentions=tuple(attentions) if output_attentions else None,
+                         hidden_states=tuple(hidden) if output_hidden_states else None, last_hidden_state=x)
+
+
+class GPTForSequenceClassification(GPT):
+    """The GPT with a linear head on the final hidden state of each sequence's last real token: (B, num_labels)
+    scores. With num_labels=1 it is a reward model in Hugging Face's form (GPT-2's GPT2ForSequenceClassification),
+    what TRL's RewardTrainer trains; course_lib.reward_model.RewardModel is the course's own, read the same way.
+    The LM head stays, tied to the embeddings (no extra weights), so a causal-LM folder loads with only `score` new."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        self._init_weights(self.score)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        """input_ids (B, T), attention_mask (B, T) (1 = real token; either padding side) -> logits (B, num_labels).
+        labels: (B,) targets, a mean squared error with num_labels=1 (regression), else class ids (cross-entropy)."""
+        for key in ("cache", "past_key_values", "use_cache"):
+            kwargs.pop(key, None)
+        h = super().forward(input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state  # (B, T, n_embd)
+        B, T = input_ids.shape
+        if attention_mask is not None:
+            real = attention_mask.bool()
+        elif self.config.pad_token_id is not None:
+            real = input_ids != self.config.pad_token_id
+        else:
+            real = torch.ones_like(input_ids, dtype=torch.bool)
+        last = (torch.arange(T, device=input_ids.device) * real).argmax(-1)  # (B,) index of the last real token
+        logits = self.score(h[torch.arange(B, device=h.device), last])  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            loss = (F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype)) if self.num_labels == 1
+                    else F.cross_entropy(logits, labels))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def _check_token_ids(input_ids, vocab_size):
@@ -263,6 +312,7 @@ def _check_token_ids(input_ids, vocab_size):
 
 AutoConfig.register(GPTConfig.model_type, GPTConfig, exist_ok=True)
 AutoModelForCausalLM.register(GPTConfig, GPT, exist_ok=True)
+AutoModelForSequenceClassification.register(GPTConfig, GPTForSequenceClassification, exist_ok=True)
 
 
 def max_positions(config):
