@@ -184,6 +184,12 @@ HEADLINE = [  # (notebook stem prefix, metric, what it says, format)
      "{:+.2f} [{:+.2f}, {:+.2f}]"),
     ("10", "win_rate_dpo_over_ppo", "head-to-head win rate, DPO over PPO [95% CI]", "{:.2f} [{:.2f}, {:.2f}]"),
     ("10", "dpo_over_ppo_time", "DPO / PPO cost after SFT, every phase counted [95% CI]", "{:.2f}× [{:.2f}, {:.2f}]"),
+    ("11", "sft_trl_minus_course", "gold reward, TRL's SFTTrainer − the course's SFT, same recipe [95% CI]",
+     "{:+.2f} [{:+.2f}, {:+.2f}]"),
+    ("11", "dpo_trl_minus_course", "gold reward, TRL's DPOTrainer − the course's DPO, same recipe [95% CI]",
+     "{:+.2f} [{:+.2f}, {:+.2f}]"),
+    ("11", "online_trl_minus_course", "gold reward, TRL's GRPOTrainer − GRPO from scratch, same budget [95% CI]",
+     "{:+.2f} [{:+.2f}, {:+.2f}]"),
 ]
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 

@@ -8,6 +8,7 @@ TRL reward function, and the settings TRL's trainers need on this CPU.
     gold_reward_func(prompts, completions)   the world's gold reward, called as TRL calls a reward function
     cpu_args(config_class, ...)     a TRL config for this CPU (no GPU, no bf16, nothing saved or reported)
     stop_like_the_course(model, tokenizer)   generation ends where the course's does (<|end|> or <|critique|>)
+    quiet(trainer)                  no log dict printed at each step (the values stay logged)
     logged(trainer, key)            one logged value per step
 
 TRL writes a standard example as prompt + completion and appends the tokenizer's EOS, which `chat.prepare_tokenizer`
@@ -18,9 +19,11 @@ model form.
 """
 import copy
 
+from transformers import PrinterCallback
 from trl import GRPOConfig
 
 from . import chat
+from . import dpo as D
 from . import world as W
 
 IGNORE = -100
@@ -49,14 +52,9 @@ def sft_rows(rows):
     return [{"prompt": W.chat_prompt(r["prompt"]), "completion": " " + r["response"]} for r in rows]
 
 
-def preference_rows(pairs):
-    """Preference pairs {"prompt", "chosen", "rejected"} in TRL's standard preference form (`dpo.trl_preference_rows`,
-    which notebook 08 checks against DPOTrainer); RewardTrainer reads the same rows."""
-    for i, p in enumerate(pairs):
-        if not isinstance(p, dict) or not all(isinstance(p.get(k), str) for k in ("prompt", "chosen", "rejected")):
-            raise ValueError(f"pair {i} must be a dict with string 'prompt', 'chosen' and 'rejected', got {p!r}")
-    return [{"prompt": W.chat_prompt(p["prompt"]), "chosen": " " + p["chosen"], "rejected": " " + p["rejected"]}
-            for p in pairs]
+# Preference pairs {"prompt", "chosen", "rejected"} in TRL's standard preference form, for RewardTrainer and
+# DPOTrainer: one function, taught with DPO (notebook 08 checks it against DPOTrainer's tokens).
+preference_rows = D.trl_preference_rows
 
 
 def prompt_rows(prompts):
@@ -108,6 +106,13 @@ def stop_like_the_course(model, tokenizer):
     model.generation_config.eos_token_id = chat.stop_ids(tokenizer)
     model.generation_config.pad_token_id = chat.pad_id(tokenizer)
     return model
+
+
+def quiet(trainer):
+    """Stop `trainer` printing its log dict at every step (what transformers does when progress bars are off); the
+    values stay in trainer.state.log_history, for `logged`. Returns the trainer."""
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def logged(trainer, key):

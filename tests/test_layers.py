@@ -11,7 +11,7 @@ PACKAGE = Path(course_lib.__file__).parent
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
 
 MECHANISMS = {"attention", "kv_cache", "flash", "memory", "positions", "decode"}
-METHODS = {"sft", "preferences", "reward_model", "ppo", "dpo", "cai", "metrics"}
+METHODS = {"sft", "preferences", "reward_model", "ppo", "grpo", "dpo", "cai", "metrics", "trl_bridge"}
 TOOLS = {"checkpoints", "comparison", "paths", "run", "report", "bench", "doctor", "viz", "prepare", "exercises", "site",
          "launch_dpo"}  # what no method may import
 PATHS_USERS = {"__init__", "data", "checkpoints", "run", "bench", "doctor", "report", "site"}  # who may know where files live

@@ -152,6 +152,18 @@ def test_sft_trainer_on_the_course_gpt_computes_the_courses_loss(gpt_folder):
     assert len(B.logged(trainer, "loss")) == 1
 
 
+def test_quiet_trainers_print_nothing_and_still_log(gpt_folder, capsys):
+    def train(quiet):
+        args = B.cpu_args(SFTConfig, tempfile.mkdtemp(), max_steps=2, per_device_train_batch_size=4, max_length=None)
+        trainer = SFTTrainer(model=GPT.from_pretrained(str(gpt_folder)), args=args,
+                             train_dataset=datasets.Dataset.from_list(B.sft_rows(DEMOS[:8])), processing_class=TOK)
+        capsys.readouterr()
+        (B.quiet(trainer) if quiet else trainer).train()
+        return capsys.readouterr().out, B.logged(trainer, "loss")
+    loud, quiet = train(False), train(True)
+    assert "'loss'" in loud[0] and quiet[0] == "" and len(quiet[1]) == 2
+
+
 def test_reward_trainer_loss_is_bradley_terry(gpt_folder):
     from trl import RewardTrainer
     rm = AutoModelForSequenceClassification.from_pretrained(str(gpt_folder), num_labels=1)

@@ -35,7 +35,7 @@ KINDS = {  # what the learner does
     "predict": "predict a number or a choice before running the measurement; the check computes the truth",
 }
 MODULES = ("attention", "variants", "flash", "alignment", "sft", "reward_model", "ppo", "dpo", "cai",
-           "comparison")  # notebook 01 ... 10, in order
+           "comparison", "scaling")  # notebook 01 ... 11, in order
 
 
 class Wrong(Exception):
