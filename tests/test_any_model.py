@@ -132,7 +132,8 @@ def test_artefacts_built_from_a_folder_are_keyed_by_its_bytes_not_its_path(tmp_p
     assert C.fingerprint("sft", model=str(llama)) != C.fingerprint("sft")
 
 
-ALIGNMENT_NOTEBOOKS = ["05_sft", "06_preferences_reward_model", "07_rlhf_ppo", "08_dpo", "09_constitutional_ai"]
+ALIGNMENT_NOTEBOOKS = ["05_sft", "06_preferences_reward_model", "07_rlhf_ppo", "08_dpo", "09_constitutional_ai",
+                       "11_scaling_up_with_trl"]
 
 
 @pytest.mark.parametrize("name", ALIGNMENT_NOTEBOOKS)
@@ -148,7 +149,8 @@ def test_the_alignment_notebooks_run_on_the_tiny_llama(name, llama, tmp_path, mo
     if name == "05_sft":
         assert "LlamaForCausalLM" in out.read_text()
     uses = {"06_preferences_reward_model": ["sft", "preferences", "reward_model"], "07_rlhf_ppo": ["reward_model", "ppo"],
-            "08_dpo": ["preferences", "ppo"], "09_constitutional_ai": ["ppo"]}.get(name, [])
+            "08_dpo": ["preferences", "ppo"], "09_constitutional_ai": ["ppo"],
+            "11_scaling_up_with_trl": ["sft", "preferences", "reward_model"]}.get(name, [])
     for artefact in uses:  # the chain was built from the Llama's folder, with its tokenizer
         folder = C.path(artefact, model=str(llama))
         assert folder.exists(), f"{name} did not use {artefact} built from the folder"
