@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from . import chat
-from .ppo import kl_estimate, rollout
+from .ppo import check_prompts, kl_estimate, rollout
 from .training import adamw, check_int, check_number, optimizer_step, run_loop
 
 
@@ -118,11 +118,7 @@ def train_grpo(policy, ref, reward_fn, tokenizer, prompts, cfg=None, eval_fn=Non
     """Optimise `policy` in place against reward_fn(prompts, responses) -> (N,) scores, with the k3 KL to the frozen
     `ref` in the loss. Returns a GRPOResult."""
     cfg = GRPOConfig() if cfg is None else cfg
-    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("prompts must be a list of prompt strings")
-    if len(prompts) < cfg.prompts_per_step:
-        raise ValueError(f"{len(prompts)} training prompts but prompts_per_step={cfg.prompts_per_step}: pass more "
-                         "prompts or lower cfg.prompts_per_step")
+    check_prompts(prompts, cfg.prompts_per_step, "prompts_per_step")
     rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     opt, _ = adamw(policy.parameters(), cfg.lr)

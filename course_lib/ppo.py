@@ -252,16 +252,21 @@ class PPOResult:
     seconds: float  # wall-clock of training, evaluations excluded
 
 
+def check_prompts(prompts, per_step, setting):
+    """The training prompts of an online method: a list of strings, at least `per_step` (its cfg.`setting`)."""
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a list of prompt strings")
+    if len(prompts) < per_step:
+        raise ValueError(f"{len(prompts)} training prompts but {setting}={per_step}: pass more prompts or lower "
+                         f"cfg.{setting}")
+
+
 def train_ppo(policy, ref, reward_fn, value_model, tokenizer, prompts, cfg=None, eval_fn=None, eval_every=None,
               progress=True):
     """Optimise `policy` in place against reward_fn(prompts, responses) -> (B,) scores (the reward model),
     with a KL penalty towards the frozen `ref`; `value_model` (see value_model_from) is trained too."""
     cfg = PPOConfig() if cfg is None else cfg
-    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("prompts must be a list of prompt strings")
-    if len(prompts) < cfg.batch_size:
-        raise ValueError(f"{len(prompts)} training prompts but batch_size={cfg.batch_size}: pass more prompts "
-                         "or lower cfg.batch_size")
+    check_prompts(prompts, cfg.batch_size, "batch_size")
     rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     for p in value_model.parameters():
