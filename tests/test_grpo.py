@@ -133,8 +133,9 @@ def test_grpo_loss_equals_trls_on_the_same_batch(trl_grpo):
               "num_items_in_batch": cmask.sum()}
     model.train()
     trl_grpo.current_gradient_accumulation_steps = 1  # what Trainer.train sets for each step
-    # TRL 1.16 multiplies the KL by the ratio pi/pi_old by default (use_bias_correction_kl=True): the same on-policy
-    # (one pass per rollout, as notebook 11 trains), not once the policy has moved since sampling
+    # TRL 1.16 multiplies the KL by the ratio pi/pi_old by default (use_bias_correction_kl=True): the same loss value
+    # on-policy (the ratio is 1), a different one off-policy, and a different gradient even on-policy (the ratio is
+    # differentiable); notebook 11 measures the gradients and trains with it off
     on_policy = trl_grpo._compute_loss(model, {**inputs, "old_per_token_logps": logp})
     torch.testing.assert_close(on_policy.detach(), grpo.grpo_loss(logp, logp, ref, adv, cmask, 0.1, 0.2)[0],
                                atol=1e-5, rtol=1e-5)
