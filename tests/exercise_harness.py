@@ -85,3 +85,12 @@ def make_tests(CORRECT, WRONG):
         expect_hint(exercise_id, fn, words)
 
     return test_accepts_a_correct_implementation, test_rejects_a_wrong_implementation_with_its_hint
+
+
+def stubs_not_seen(nb, text_of_cell):
+    """The exercises of a learner's version whose check, run on the untouched stub, did not say so. `nb`: the
+    notebook as run; `text_of_cell`: cell index -> the text its run printed."""
+    checks = {i: c.metadata["nbgrader"]["grade_id"] for i, c in enumerate(nb.cells)
+              if c.metadata.get("nbgrader", {}).get("grade_id", "").endswith(".check")}
+    return [grade_id[:-len(".check")] for i, grade_id in checks.items()
+            if "not attempted yet" not in text_of_cell.get(i, "")]

@@ -1,11 +1,13 @@
-"""Every notebook that has a widget, run the way a learner runs it: in JupyterLab, in a real (headless) browser.
+"""Every notebook that has a widget, run the way a learner runs it: its learner's version, in JupyterLab, in a real
+(headless) browser.
 
 One JupyterLab server (127.0.0.1, a random token, no browser of its own, no news, no update check, the read-only
-extension manager) serves copies of the notebooks with the quick preset injected. For each notebook a fresh headless
-Chromium opens it, runs Run -> Run All Cells from JupyterLab's menu, waits until every code cell has an execution count
-and the kernel is idle, and then checks:
+extension manager) serves copies of the learner's versions (notebooks/learner/, every exercise left as its stub) with
+the quick preset injected. For each notebook a fresh headless Chromium opens it, runs Run -> Run All Cells from
+JupyterLab's menu, waits until every code cell has an execution count and the kernel is idle, and then checks:
 
-  (a) no cell shows an error (nor any widget's output area a traceback);
+  (a) no cell shows an error (nor any widget's output area a traceback), and every exercise's check says its stub is
+      not attempted yet: for these notebooks this is test_learner_notebooks.py's pass, run here once instead of twice;
   (b) every widget the kernel displayed rendered (ipywidgets' DOM, not "Error displaying widget"), and every cell that
       builds a widget shows at least one with a control;
   (c) moving each control (a slider's handle by the keyboard, another option of a dropdown, a click on a button...)
@@ -15,10 +17,12 @@ and the kernel is idle, and then checks:
 
 A screenshot of each notebook lands in build/browser/NN_name.png. The widget notebooks are found, not listed: a
 notebook is one when a code cell imports ipywidgets. The module is named to run after test_learner_notebooks.py, whose
-quick runs leave the quick preset's artefacts cached; the kernels use the real cache and a temporary metrics folder.
+quick runs of the other notebooks leave the quick preset's artefacts cached; the kernels use the real cache and a
+temporary metrics folder.
 
-Two small synthetic notebooks (a widget whose output ignores its control; a cell that raises) go through the same
-checks and must fail them, and a third exercises every kind of control the checks know how to move."""
+Small synthetic notebooks (a widget whose output ignores its control; a cell that raises; a callback that raises; an
+exercise check that did not see its stub) go through the same checks and must fail them, and another exercises every
+kind of control the checks know how to move."""
 import json
 import os
 import re
@@ -33,7 +37,9 @@ import nbformat
 import pytest
 
 import browser
+from course_lib.exercises import learner as L
 from course_lib.paths import BUILD_DIR, CACHE_DIR, NOTEBOOKS_DIR
+from exercise_harness import stubs_not_seen
 
 RUN_ALL_TIMEOUT = 600     # seconds for one notebook's Run All (the quick preset takes well under a minute each)
 CALLBACK_TIMEOUT = 120    # seconds for the kernel to answer one moved control
@@ -247,7 +253,9 @@ W.cellState = (c, i) => {
     widgets.push({view: W.widgetView(node), text: node ? node.textContent.slice(0, 200) : '',
                   controls: root ? node.querySelectorAll(W.CONTROLS).length : 0});
   });
-  return {i, type: 'code', count: m.executionCount, errors, widgets};
+  const text = outs.filter(o => o.output_type === 'stream')
+                   .map(o => Array.isArray(o.text) ? o.text.join('') : o.text).join('');
+  return {i, type: 'code', count: m.executionCount, errors, widgets, text};
 };
 W.state = () => W.cells().map(W.cellState);
 """
@@ -660,8 +668,8 @@ def check_widget(driver, name, w, n_widgets, cell, timeout):
 def check_widgets(driver, lab, name, *, run_timeout=RUN_ALL_TIMEOUT, callback_timeout=CALLBACK_TIMEOUT,
                   screenshot=None, timings=None):
     """Open `name` (in the server's root) in the browser, run all its cells and check (a)-(c) of the module's
-    docstring. Raises AssertionError naming the notebook, the widget and the control that failed; returns the
-    controls moved, with what was done."""
+    docstring (the exercises' checks of (a) where the notebook has any). Raises AssertionError naming the notebook,
+    the widget and the control that failed; returns the controls moved, with what was done."""
     timings = {} if timings is None else timings
     nb = nbformat.read(str(lab.root / name), as_version=4)
     expected = widget_cells(nb)
@@ -679,6 +687,8 @@ def check_widgets(driver, lab, name, *, run_timeout=RUN_ALL_TIMEOUT, callback_ti
         assert not errors, f"{name}: error output after Run All:\n" + "\n".join(errors)
         never = [c["i"] for c in cells if c["count"] is None]
         assert not never, f"{name}: cells {never} never ran"
+        unseen = stubs_not_seen(nb, {c["i"]: c["text"] for c in cells})
+        assert not unseen, f"{name}: exercise checks that did not see their stub: {unseen}"
 
         # (b) every widget the kernel displayed rendered; every cell that builds one shows one with a control
         def views():
@@ -767,6 +777,16 @@ def test_the_checks_fail_on_a_callback_that_raises(lab):
         in_browser(lab, name, run_timeout=120, callback_timeout=30)
 
 
+def test_the_checks_fail_on_an_exercise_check_that_did_not_see_its_stub(lab):
+    name = synthetic(lab, "synthetic_checks.ipynb", "print('99.first: not attempted yet')", "print('99.second: 3 checks passed')")
+    nb = nbformat.read(str(lab.root / name), as_version=4)
+    for c, grade_id in zip(nb.cells, ["99.first.check", "99.second.check"]):
+        c.metadata["nbgrader"] = {"grade_id": grade_id}
+    nbformat.write(nb, str(lab.root / name))
+    with pytest.raises(AssertionError, match=r"checks that did not see their stub: \['99.second'\]"):
+        in_browser(lab, name, run_timeout=120, callback_timeout=30)
+
+
 def test_every_kind_of_control_is_moved(lab):
     name = synthetic(lab, "synthetic_controls.ipynb", "import ipywidgets as widgets\n"
                      "widgets.interact(lambda a, b, c, d, e, f: print(a, b, c, d, e, f),\n"
@@ -798,7 +818,9 @@ def test_widget_notebooks_are_found():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_widgets_work_in_jupyterlab(lab, path):
-    quick_copy(path, lab.root / path.name)
+    """The learner's version, every stub untouched, on the quick preset: its widgets, and its run green."""
+    quick_copy(L.learner_path(path), lab.root / path.name)
+    assert len(L.exercise_ids(nbformat.read(str(lab.root / path.name), as_version=4))) >= 3
     t0 = time.perf_counter()
     moved, off, timings = in_browser(lab, path.name, screenshot=SCREENSHOTS / f"{path.stem}.png")
     TIMES[path.stem] = seconds = time.perf_counter() - t0
