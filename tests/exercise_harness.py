@@ -88,9 +88,10 @@ def make_tests(CORRECT, WRONG):
 
 
 def stubs_not_seen(nb, text_of_cell):
-    """The exercises of a learner's version whose check, run on the untouched stub, did not say so. `nb`: the
-    notebook as run; `text_of_cell`: cell index -> the text its run printed."""
-    checks = {i: c.metadata["nbgrader"]["grade_id"] for i, c in enumerate(nb.cells)
+    """The exercises of a learner's version whose check, run on the untouched stub, did not say so (or that have no
+    check cell). `nb`: the notebook as run; `text_of_cell`: cell index -> the text its run printed."""
+    checks = {c.metadata["nbgrader"]["grade_id"]: i for i, c in enumerate(nb.cells)
               if c.metadata.get("nbgrader", {}).get("grade_id", "").endswith(".check")}
-    return [grade_id[:-len(".check")] for i, grade_id in checks.items()
-            if "not attempted yet" not in text_of_cell.get(i, "")]
+    ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    ids += [g[:-len(".check")] for g in checks if g[:-len(".check")] not in ids]
+    return [e for e in ids if "not attempted yet" not in text_of_cell.get(checks.get(f"{e}.check"), "")]
